@@ -1,0 +1,1 @@
+"""fANOVA, variant statistics and the Plotly report of lstm-odyssey (never imports torch)."""

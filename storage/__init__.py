@@ -1,0 +1,1 @@
+"""Storage URLs, engines, the Optuna storage and the results database of lstm-odyssey."""

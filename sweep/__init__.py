@@ -1,0 +1,1 @@
+"""Cells, models, datasets, training, study specs, workers and the `odyssey` command line."""
