@@ -1,0 +1,45 @@
+"""The three packages keep their borders: analysis and storage never import torch or sweep."""
+
+import subprocess
+import sys
+
+import pytest
+
+CHECK = """
+import sys
+import importlib, pkgutil
+pkg = importlib.import_module({pkg!r})
+for info in pkgutil.walk_packages(pkg.__path__, prefix={pkg!r} + "."):
+    importlib.import_module(info.name)
+bad = sorted(m for m in sys.modules if m.split(".")[0] in {forbidden!r})
+print(",".join(bad))
+"""
+
+
+@pytest.mark.parametrize(
+    ("pkg", "forbidden"),
+    [
+        ("storage", {"torch", "sweep", "analysis"}),
+        ("analysis", {"torch", "sweep"}),
+    ],
+)
+def test_package_does_not_import_forbidden(pkg: str, forbidden: set[str]) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", CHECK.format(pkg=pkg, forbidden=sorted(forbidden))],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == "", f"{pkg} imports {out.stdout.strip()}"
+
+
+def test_light_cli_commands_do_not_import_torch() -> None:
+    """`odyssey query` and `odyssey study list` must start fast: no torch at import time."""
+    code = (
+        "import sys, importlib\n"
+        "for m in ('sweep.cli', 'sweep.cli_query', 'sweep.cli_report'):\n"
+        "    importlib.import_module(m)\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
