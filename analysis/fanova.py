@@ -1,0 +1,353 @@
+"""Functional ANOVA (Hutter, Hoos & Leyton-Brown, ICML 2014) on a scikit-learn random forest.
+
+Each tree of the forest is decomposed exactly under the uniform measure on the bounded input domain
+(see ``analysis.fanova_trees``); importances and marginals are the mean and the (population) std of
+the per-tree results across trees, as in the original fanova package. Method, measure, categorical and
+bounds rules: docs/fanova.md.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pandas as pd
+from joblib import effective_n_jobs
+from sklearn.ensemble import RandomForestRegressor
+
+from analysis.fanova_trees import TreeAnova
+from storage.errors import OdysseyError
+
+__all__ = ["Fanova", "MIN_ROWS"]
+
+log = logging.getLogger(__name__)
+
+#: Fewest rows a forest is fitted on; below this the decomposition is noise.
+MIN_ROWS = 4
+#: Default grid sizes of ``marginal`` and ``marginal_2d`` for continuous inputs.
+GRID_1D = 100
+GRID_2D = 30
+# Data may lie this far (relative to the range) outside the given bounds, e.g. log10 rounding.
+_BOUNDS_SLACK = 1e-9
+
+
+class Fanova:
+    """fANOVA of a target over inputs, fitted on construction.
+
+    ``X`` holds one column per input, already in the sampled space (log10 for log-sampled
+    parameters); ``bounds`` maps continuous inputs to their domain (default: the data's min/max);
+    ``categorical`` names inputs treated as factors (a discrete uniform measure over the observed
+    levels). Columns with a single value are dropped (see ``dropped`` and ``notes``).
+    ``n_jobs`` (scikit-learn's meaning: None = 1, -1 = all cores) serves the forest's fit and, as
+    threads, the per-tree decomposition. ``max_features`` (inputs tried per split) defaults to the
+    original fanova's rule, max(1, floor(0.7 * inputs)); 1.0 gives scikit-learn's (and Optuna's) all.
+    """
+
+    def __init__(
+        self,
+        X: pd.DataFrame,
+        y: Iterable[float],
+        bounds: Mapping[str, tuple[float, float]] | None = None,
+        categorical: Sequence[str] = (),
+        n_trees: int = 64,
+        max_depth: int | None = 64,
+        seed: int = 0,
+        min_samples_leaf: int = 1,
+        n_jobs: int | None = None,
+        max_features: float | int | None = None,
+    ) -> None:
+        _check_settings(n_trees, max_depth, min_samples_leaf)
+        self.notes: list[str] = []
+        self.dropped: dict[str, object] = {}
+        self.y = _check_target(y, X)
+        self.params, self.categories, self.bounds, unit = self._prepare_inputs(X, bounds, categorical)
+        self._levels = [len(self.categories[p]) if p in self.categories else None for p in self.params]
+        if max_features is None:
+            max_features = max(1, (len(self.params) * 7) // 10)
+        forest = RandomForestRegressor(
+            n_estimators=n_trees,
+            max_depth=max_depth,
+            min_samples_leaf=min_samples_leaf,
+            max_features=max_features,
+            bootstrap=True,
+            random_state=seed,
+            n_jobs=n_jobs,
+        )
+        start = time.perf_counter()
+        forest.fit(unit, self.y)
+        self.forest = forest
+        self._workers = effective_n_jobs(n_jobs)
+        self._trees = self._map(lambda est: TreeAnova(est.tree_, self._levels), forest.estimators_)
+        log.info(
+            "fANOVA: %d trees on %d trials x %d inputs, main effects in %.1f s",
+            n_trees, len(self.y), len(self.params), time.perf_counter() - start,
+        )
+        variances = np.array([t.variance for t in self._trees])
+        # As in the original, trees without variance (a bootstrap of equal targets) have no fractions.
+        self._used = np.flatnonzero(variances > 0)
+        if not self._used.size:
+            raise OdysseyError("fANOVA: every tree of the forest is constant; the target shows no variation")
+        self._variance = variances[self._used]
+        self._main = np.array([self._trees[i].main_variance for i in self._used]) / self._variance[:, None]
+        self._pairs: dict[tuple[int, int], np.ndarray] = {}
+        for note in self.notes:
+            log.info("fANOVA: %s", note)
+
+    def _map(self, fn: Callable, items: Sequence) -> list:
+        """fn over items, on ``n_jobs`` threads (the per-tree work is numpy, which releases the GIL)."""
+        if self._workers <= 1:
+            return [fn(item) for item in items]
+        with ThreadPoolExecutor(self._workers) as pool:
+            return list(pool.map(fn, items))
+
+    @property
+    def n_trees_used(self) -> int:
+        """Trees with non-zero variance, over which fractions are averaged."""
+        return int(self._used.size)
+
+    @property
+    def total_variance(self) -> float:
+        """Mean over trees of each tree's total variance."""
+        return float(self._variance.mean())
+
+    # ----------------------------------------------------------------------------------------- input
+    def _prepare_inputs(
+        self, X: pd.DataFrame, bounds: Mapping[str, tuple[float, float]] | None, categorical: Sequence[str]
+    ) -> tuple[list[str], dict[str, list], dict[str, tuple[float, float]], np.ndarray]:
+        if not isinstance(X, pd.DataFrame) or X.shape[1] == 0:
+            raise OdysseyError("fANOVA: inputs must be a pandas DataFrame with at least one column")
+        names = [str(c) for c in X.columns]
+        if len(set(names)) != len(names):
+            raise OdysseyError(f"fANOVA: duplicate input columns in {names}")
+        categorical = [str(c) for c in ([categorical] if isinstance(categorical, str) else categorical)]
+        unknown = sorted(set(categorical) - set(names))
+        if unknown:
+            raise OdysseyError(f"fANOVA: categorical input(s) {unknown} are not columns of the data {names}")
+        bounds = dict(bounds or {})
+        unknown = sorted(set(map(str, bounds)) - set(names))
+        if unknown:
+            raise OdysseyError(f"fANOVA: bounds given for unknown input(s) {unknown}; inputs are {names}")
+        params: list[str] = []
+        categories: dict[str, list] = {}
+        domain: dict[str, tuple[float, float]] = {}
+        columns: list[np.ndarray] = []
+        for name, (_, col) in zip(names, X.items(), strict=True):
+            if col.isna().any():
+                raise OdysseyError(f"fANOVA: input '{name}' has {int(col.isna().sum())} missing value(s)")
+            if name in categorical:
+                if name in bounds:
+                    raise OdysseyError(f"fANOVA: bounds given for categorical input '{name}'")
+                levels = _sorted_levels(col.unique().tolist())
+                if len(levels) < 2:
+                    self._drop(name, levels[0])
+                    continue
+                codes = pd.Categorical(col, categories=levels).codes.astype(float)
+                params.append(name)
+                categories[name] = levels
+                columns.append(codes)
+                continue
+            values = _numeric_column(name, col)
+            lo, hi = _domain(name, values, bounds.get(name))
+            if values.min() == values.max():
+                self._drop(name, float(values[0]))
+                continue
+            params.append(name)
+            domain[name] = (lo, hi)
+            columns.append(np.clip((values - lo) / (hi - lo), 0.0, 1.0))
+        if not params:
+            raise OdysseyError("fANOVA: every input is constant; nothing to analyse")
+        return params, categories, domain, np.column_stack(columns)
+
+    def _drop(self, name: str, value: object) -> None:
+        self.dropped[name] = value
+        self.notes.append(f"input '{name}' is constant ({value!r}) and was left out")
+
+    def _index(self, param: str) -> int:
+        if param in self.dropped:
+            value = self.dropped[param]
+            raise OdysseyError(f"fANOVA: input '{param}' is constant ({value!r}) and was left out")
+        try:
+            return self.params.index(param)
+        except ValueError:
+            raise OdysseyError(f"fANOVA: unknown input '{param}'; inputs are {self.params}") from None
+
+    # --------------------------------------------------------------------------------- importances
+    def main_effects(self) -> pd.DataFrame:
+        """Variance fraction of each input's main effect: columns param, fraction, std (largest first)."""
+        frame = pd.DataFrame(
+            {"param": self.params, "fraction": self._main.mean(axis=0), "std": self._main.std(axis=0)}
+        )
+        return frame.sort_values("fraction", ascending=False, kind="stable", ignore_index=True)
+
+    def _pair_fractions(self, j: int, k: int) -> np.ndarray:
+        """Per-tree (interaction, total) fractions of the pair (j, k), shape (trees, 2)."""
+        if (j, k) not in self._pairs:
+            used = [self._trees[i] for i in self._used]
+            total = np.array(self._map(lambda t: t.pair_variance(j, k), used)) / self._variance
+            inter = total - self._main[:, j] - self._main[:, k]
+            self._pairs[(j, k)] = np.column_stack([inter, total])
+        return self._pairs[(j, k)]
+
+    def interactions(self) -> pd.DataFrame:
+        """Every pair's interaction fraction (pair variance minus both main effects), its std across
+        trees, and ``total`` (the pair's whole variance fraction, main effects included), largest first."""
+        rows = []
+        for j, k in itertools.combinations(range(len(self.params)), 2):
+            per_tree = self._pair_fractions(j, k)
+            rows.append(
+                {
+                    "param_a": self.params[j],
+                    "param_b": self.params[k],
+                    "fraction": per_tree[:, 0].mean(),
+                    "std": per_tree[:, 0].std(),
+                    "total": per_tree[:, 1].mean(),
+                }
+            )
+        frame = pd.DataFrame(rows, columns=["param_a", "param_b", "fraction", "std", "total"])
+        return frame.sort_values("fraction", ascending=False, kind="stable", ignore_index=True)
+
+    def higher_order(self) -> float:
+        """Variance fraction left to interactions of three or more inputs: 1 - mains - pairs."""
+        pairs = self.interactions()["fraction"].sum() if len(self.params) > 1 else 0.0
+        return float(1.0 - self._main.mean(axis=0).sum() - pairs)
+
+    # ----------------------------------------------------------------------------------- marginals
+    def _grid(self, param: str, grid, default: int) -> tuple[np.ndarray, np.ndarray]:
+        """(values to report, their unit coordinates) for one input."""
+        if param in self.categories:
+            levels = self.categories[param]
+            if grid is None or isinstance(grid, int | np.integer):
+                values = list(levels)
+            else:
+                values = list(grid)
+                missing = [v for v in values if v not in levels]
+                if missing:
+                    raise OdysseyError(
+                        f"fANOVA: unknown level(s) {missing} of '{param}'; levels are {levels}"
+                    )
+            codes = np.array([levels.index(v) for v in values], dtype=float)
+            return np.array(values, dtype=object), (codes + 0.5) / len(levels)
+        lo, hi = self.bounds[param]
+        if grid is None or isinstance(grid, int | np.integer):
+            n = default if grid is None else int(grid)
+            if n < 2:
+                raise OdysseyError(f"fANOVA: a grid for '{param}' needs at least 2 points, got {n}")
+            values = np.linspace(lo, hi, n)
+        else:
+            values = np.asarray(list(grid), dtype=float)
+            if not values.size or not np.isfinite(values).all():
+                raise OdysseyError(f"fANOVA: the grid for '{param}' must be non-empty and finite")
+        return values, (values - lo) / (hi - lo)
+
+    def marginal(self, param: str, grid=None) -> pd.DataFrame:
+        """Marginal predicted target of one input (mean over all others): columns value, mean, std.
+
+        ``grid``: None (100 points over the bounds, or every level of a categorical input), a number of
+        points, or the values themselves. ``std`` is across trees.
+        """
+        j = self._index(param)
+        values, unit = self._grid(param, grid, GRID_1D)
+        per_tree = np.array([t.main[j][t.cell_index(j, unit)] for t in self._trees])
+        return pd.DataFrame({"value": values, "mean": per_tree.mean(axis=0), "std": per_tree.std(axis=0)})
+
+    def marginal_2d(self, a: str, b: str, grid=None) -> pd.DataFrame:
+        """Marginal predicted target of a pair on a grid (long form): columns a, b, mean, std, interaction.
+
+        ``interaction`` is the pair marginal minus both main-effect marginals plus the overall mean.
+        ``grid``: None (30 points per continuous input), a number of points per input, or a pair of
+        value sequences.
+        """
+        j, k = self._index(a), self._index(b)
+        if j == k:
+            raise OdysseyError(f"fANOVA: marginal_2d needs two different inputs, got '{a}' twice")
+        if isinstance(grid, tuple | list) and len(grid) == 2 and not np.isscalar(grid[0]):
+            grid_a, grid_b = grid
+        else:
+            grid_a = grid_b = grid
+        va, ua = self._grid(a, grid_a, GRID_2D)
+        vb, ub = self._grid(b, grid_b, GRID_2D)
+        pair, inter = [], []
+        for t in self._trees:
+            ia, ib = t.cell_index(j, ua), t.cell_index(k, ub)
+            surface = t.marginal_2d(j, k)[np.ix_(ia, ib)] + t.mean
+            pair.append(surface)
+            inter.append(surface - t.main[j][ia][:, None] - t.main[k][ib][None, :] + t.mean)
+        pair_arr, inter_arr = np.array(pair), np.array(inter)
+        ga, gb = np.meshgrid(np.arange(va.size), np.arange(vb.size), indexing="ij")
+        return pd.DataFrame(
+            {
+                a: va[ga.ravel()],
+                b: vb[gb.ravel()],
+                "mean": pair_arr.mean(axis=0).ravel(),
+                "std": pair_arr.std(axis=0).ravel(),
+                "interaction": inter_arr.mean(axis=0).ravel(),
+            }
+        )
+
+
+def _check_settings(n_trees: int, max_depth: int | None, min_samples_leaf: int) -> None:
+    if not isinstance(n_trees, int | np.integer) or n_trees < 1:
+        raise OdysseyError(f"fANOVA: n_trees must be a positive integer, got {n_trees!r}")
+    if max_depth is not None and (not isinstance(max_depth, int | np.integer) or max_depth < 1):
+        raise OdysseyError(f"fANOVA: max_depth must be a positive integer or None, got {max_depth!r}")
+    if not isinstance(min_samples_leaf, int | np.integer) or min_samples_leaf < 1:
+        raise OdysseyError(f"fANOVA: min_samples_leaf must be a positive integer, got {min_samples_leaf!r}")
+
+
+def _check_target(y: Iterable[float], X: pd.DataFrame) -> np.ndarray:
+    try:
+        target = np.asarray(y, dtype=float).ravel()
+    except (TypeError, ValueError):
+        raise OdysseyError("fANOVA: the target must be numeric") from None
+    if len(target) != len(X):
+        raise OdysseyError(f"fANOVA: {len(target)} target values for {len(X)} rows of inputs")
+    if len(target) < MIN_ROWS:
+        raise OdysseyError(f"fANOVA: needs at least {MIN_ROWS} trials, got {len(target)}")
+    bad = int((~np.isfinite(target)).sum())
+    if bad:
+        raise OdysseyError(f"fANOVA: the target has {bad} NaN or infinite value(s); drop those trials first")
+    if np.unique(target).size < 2:
+        raise OdysseyError(f"fANOVA: the target is constant ({target[0]!r}); there is no variance to explain")
+    return target
+
+
+def _sorted_levels(levels: list) -> list:
+    """Levels in their natural order (numbers numerically), else by their text."""
+    try:
+        return sorted(levels)
+    except TypeError:
+        return sorted(levels, key=str)
+
+
+def _numeric_column(name: str, col: pd.Series) -> np.ndarray:
+    try:
+        values = col.to_numpy(dtype=float)
+    except (TypeError, ValueError):
+        raise OdysseyError(f"fANOVA: input '{name}' is not numeric; pass it in categorical=") from None
+    if not np.isfinite(values).all():
+        raise OdysseyError(f"fANOVA: input '{name}' has infinite values")
+    return values
+
+
+def _domain(name: str, values: np.ndarray, given: tuple[float, float] | None) -> tuple[float, float]:
+    """Domain of a continuous input: the given bounds (which must hold the data) or its min/max."""
+    vmin, vmax = float(values.min()), float(values.max())
+    if given is None:
+        return vmin, vmax
+    try:
+        lo, hi = (float(v) for v in given)
+    except (TypeError, ValueError):
+        raise OdysseyError(f"fANOVA: bounds for '{name}' must be a pair of numbers, got {given!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi)) or lo >= hi:
+        raise OdysseyError(f"fANOVA: bounds for '{name}' must be finite with low < high, got {given!r}")
+    slack = _BOUNDS_SLACK * (hi - lo)
+    if vmin < lo - slack or vmax > hi + slack:
+        raise OdysseyError(
+            f"fANOVA: data of '{name}' span [{vmin:g}, {vmax:g}], outside its bounds [{lo:g}, {hi:g}]"
+        )
+    return lo, hi

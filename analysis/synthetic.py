@@ -1,0 +1,132 @@
+"""A synthetic study with known structure, for tests, benchmarks and trying the report without a sweep.
+
+The score depends strongly on log10(learning rate) (a parabola with its best at 1e-3), weakly on
+log10(hidden size), hardly on momentum; each variant adds a fixed offset (``OFFSETS``). Trials with a
+learning rate near the top of the range diverge half of the time. The design is paired, as the sweep's
+random design is: every variant is trained on the same hyperparameter points.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+OFFSETS = {"V": 0.0, "NFG": 1.5, "NOAF": 1.0, "CIFG": 0.02, "NP": 0.0, "NIG": 0.3, "NOG": 0.5, "NIAF": 0.4,
+           "FGR": 0.05, "GRU": 0.1, "PLSTM": 0.2}  # fmt: skip
+_GATES = {"NIG": 3, "NFG": 3, "NOG": 3, "CIFG": 3, "GRU": 3}
+_PEEPHOLES = {"NP": 0, "NIG": 2, "NFG": 2, "NOG": 2, "CIFG": 2, "GRU": 0, "PLSTM": 0}
+
+
+@dataclass
+class SyntheticStudy:
+    """Same shape as ``storage.results.StudyData``."""
+
+    spec: dict
+    trials: pd.DataFrame
+    epochs: pd.DataFrame
+
+
+def default_spec(name: str, variants: Sequence[str], trials_per_variant: int) -> dict:
+    """A stored-spec dict like the sweep writes (momentum on log1m, forget bias held fixed)."""
+    return {
+        "name": name,
+        "dataset": {"name": "synthetic"},
+        "variants": list(variants),
+        "space": {
+            "learning_rate": {"type": "float", "scale": "log", "low": 1e-6, "high": 1e-2, "value": None},
+            "hidden_size": {"type": "int", "scale": "log", "low": 20, "high": 200, "value": None},
+            "momentum": {"type": "float", "scale": "log1m", "low": 0.0, "high": 0.99, "value": None},
+            "input_noise": {"type": "float", "scale": "linear", "low": 0.0, "high": 1.0, "value": None},
+            "forget_bias": {"type": "float", "scale": "linear", "low": None, "high": None, "value": 1.0},
+        },
+        "trials_per_variant": trials_per_variant,
+        "design": "random",
+        "seed": 0,
+        "training": {"max_epochs": 20, "patience": 5, "optimizer": "sgd"},
+        "metric": "nll",
+        "direction": "minimize",
+    }
+
+
+def n_params(variant: str, hidden: np.ndarray, inputs: int = 88) -> np.ndarray:
+    """Parameter count of one recurrent layer plus a linear read-out of ``inputs`` outputs."""
+    blocks = 1 + _GATES.get(variant, 4 if variant != "FGR" else 3)
+    cell = blocks * (hidden * hidden + hidden * inputs + hidden) + _PEEPHOLES.get(variant, 3) * hidden
+    if variant == "FGR":
+        cell = cell + 9 * hidden * hidden
+    return cell + hidden * inputs + inputs
+
+
+def synthetic_study(
+    variants: Sequence[str] = ("V", "NFG", "CIFG"),
+    trials_per_variant: int = 60,
+    seed: int = 0,
+    max_epochs: int = 20,
+    unfinished: float = 0.0,
+    name: str = "synthetic",
+) -> SyntheticStudy:
+    """Generate a study; ``unfinished`` is the fraction of trials still running or waiting."""
+    rng = np.random.default_rng(seed)
+    n = trials_per_variant
+    u_lr = rng.uniform(-6, -2, n)
+    u_h = rng.uniform(np.log10(20), np.log10(200), n)
+    u_m = rng.uniform(-2, 0, n)
+    noise = rng.uniform(0, 1, n)
+    hidden = np.rint(10**u_h).astype(int)
+    rows, epoch_frames = [], []
+    start = pd.Timestamp("2026-01-01T00:00:00Z")
+    for v_index, variant in enumerate(variants):
+        score = (
+            3.0 + 0.8 * (u_lr + 3.0) ** 2 - 0.6 * (u_h - 1.3) + 0.05 * u_m + 0.1 * noise
+            + OFFSETS.get(variant, 0.0) + rng.normal(0, 0.1, n)
+        )  # fmt: skip
+        diverged = (u_lr > -2.4) & (rng.random(n) < 0.5)
+        epochs = rng.integers(5, max_epochs + 1, n)
+        seconds = epochs * (0.5 + hidden / 50.0) * rng.uniform(0.9, 1.1, n)
+        state = np.where(diverged, "diverged", "complete").astype(object)
+        if unfinished:
+            pending = rng.random(n) < unfinished
+            state[pending] = np.where(rng.random(pending.sum()) < 0.5, "running", "waiting")
+        done = np.isin(state, ("complete", "diverged"))
+        best = np.where(diverged | ~done, np.nan, score)
+        params = n_params(variant, hidden)
+        for i in range(n):
+            number = v_index * n + i
+            began = start + pd.Timedelta(seconds=float(number * 7))
+            rows.append(
+                {
+                    "study": name, "trial_number": number, "variant": variant, "dataset": "synthetic",
+                    "state": state[i], "diverged": bool(diverged[i] and done[i]),
+                    "learning_rate": 10 ** u_lr[i], "hidden_size": int(hidden[i]),
+                    "momentum": 1 - 10 ** u_m[i], "input_noise": noise[i], "forget_bias": 1.0,
+                    "best_valid": best[i] - 0.05, "best_test": best[i], "final_valid": best[i] + 0.01,
+                    "final_test": best[i] + 0.02, "best_epoch": int(epochs[i]) - 1 if done[i] else None,
+                    "epochs": int(epochs[i]) if done[i] else None, "seconds": seconds[i] if done[i] else None,
+                    "n_params": int(params[i]), "host": "synthetic", "device": "cpu", "seed": int(seed + i),
+                    "started_at": began if state[i] != "waiting" else pd.NaT,
+                    "finished_at": began + pd.Timedelta(seconds=float(seconds[i])) if done[i] else pd.NaT,
+                }
+            )  # fmt: skip
+        # Validation curves: decay towards the trial's score; diverged ones blow up at the end.
+        ran = np.flatnonzero(state != "waiting")
+        counts = epochs[ran]
+        trial = np.repeat(ran, counts)
+        epoch = np.concatenate([np.arange(1, c + 1) for c in counts]) if len(ran) else np.array([], int)
+        valid = score[trial] + 3.0 * np.exp(-epoch / 3.0) + rng.normal(0, 0.02, epoch.size)
+        blown = diverged[trial] & (epoch == counts.repeat(counts) if len(ran) else False)
+        valid = np.where(blown, np.inf, valid)
+        epoch_frames.append(
+            pd.DataFrame(
+                {
+                    "study": name, "trial_number": v_index * n + trial, "variant": variant, "epoch": epoch,
+                    "train_loss": valid - 0.1, "valid_metric": valid, "test_metric": valid + 0.02,
+                    "seconds": seconds[trial] / np.maximum(epochs[trial], 1),
+                }
+            )  # fmt: skip
+        )
+    trials = pd.DataFrame(rows)
+    epochs_frame = pd.concat(epoch_frames, ignore_index=True) if epoch_frames else pd.DataFrame()
+    return SyntheticStudy(default_spec(name, variants, trials_per_variant), trials, epochs_frame)

@@ -1,0 +1,114 @@
+"""Forward+backward time of every cell variant, as a ratio to torch.nn.LSTM on the same shapes and run.
+
+    .venv/bin/python bench/cells.py [--quick] [--device cuda] [--threads 1] [--variants V,NP,...]
+
+Prints a markdown table: one row per shape, one column per variant, each cell the median (or, with
+`--stat min`, the best) time of one forward+backward batch divided by torch.nn.LSTM's (measured
+interleaved with the variants, so machine noise hits both alike); the last column is torch.nn.LSTM's
+own time in milliseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sweep.cells import VARIANTS, make_recurrent  # noqa: E402
+
+# (label, T, batch, input, hidden)
+SHAPES = [
+    ("JSB T=61 B=1 M=88 N=20", 61, 1, 88, 20),
+    ("JSB T=61 B=1 M=88 N=100", 61, 1, 88, 100),
+    ("JSB T=61 B=1 M=88 N=200", 61, 1, 88, 200),
+    ("JSB T=61 B=32 M=88 N=20", 61, 32, 88, 20),
+    ("JSB T=61 B=32 M=88 N=100", 61, 32, 88, 100),
+    ("JSB T=61 B=32 M=88 N=200", 61, 32, 88, 200),
+    ("char T=100 B=32 M=64 N=256", 100, 32, 64, 256),
+]
+
+
+def _step_fn(module: torch.nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    def step() -> None:
+        y = module(x)[0]
+        y.sum().backward()
+        module.zero_grad(set_to_none=True)
+
+    return step
+
+
+def _time(fn: Callable[[], None], device: str) -> float:
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def bench_shape(
+    shape: tuple, variants: list[str], repeats: int, device: str, stat: Callable = statistics.median
+) -> tuple[dict[str, float], float]:
+    """Fwd+bwd time per variant (summarised by `stat`) over torch.nn.LSTM's, and nn.LSTM's in seconds."""
+    _, steps, batch, inputs, hidden = shape
+    torch.manual_seed(0)
+    x = torch.randn(batch, steps, inputs, device=device)
+    fns = {"torch.nn.LSTM": _step_fn(torch.nn.LSTM(inputs, hidden, batch_first=True).to(device), x)}
+    for v in variants:
+        fns[v] = _step_fn(make_recurrent(v, inputs, hidden, forget_bias=1.0).to(device), x)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():  # warm up: TorchScript profiles its first calls, allocators settle
+        for _ in range(3):
+            fn()
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(_time(fn, device))
+    base = stat(times["torch.nn.LSTM"])
+    return {v: stat(times[v]) / base for v in variants}, base
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and shapes (a smoke run)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per variant")
+    parser.add_argument(
+        "--stat",
+        default="median",
+        choices=["median", "min"],
+        help="summary of the repeats (min resists other processes sharing the CPU)",
+    )
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated variant codes")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variants: {', '.join(unknown)}")
+    repeats = args.repeats or (3 if args.quick else 15)
+    shapes = SHAPES[::3] if args.quick else SHAPES
+    print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, "
+          f"{args.stat} of {repeats} fwd+bwd batches; cells: time / torch.nn.LSTM time")  # fmt: skip
+    print()
+    print("| shape | " + " | ".join(variants) + " | nn.LSTM ms |")
+    print("|---|" + "---:|" * (len(variants) + 1))
+    for shape in shapes:
+        stat = min if args.stat == "min" else statistics.median
+        ratios, base = bench_shape(shape, variants, repeats, args.device, stat)
+        cells = " | ".join(f"{ratios[v]:.2f}" for v in variants)
+        print(f"| {shape[0]} | {cells} | {base * 1e3:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

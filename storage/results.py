@@ -1,0 +1,552 @@
+"""Write and read the results database: one row per designed trial, its hyperparameters and epochs.
+
+Every write runs in its own transaction and is idempotent, so `with_retry` may repeat it after a dropped
+connection or a database restart without harm. Reads return pandas frames with the columns documented in
+docs/architecture.md and docs/results-schema.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
+
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from storage.engine import get_engine, sqlite_file, translated, with_retry, write_transaction
+from storage.errors import OdysseyError
+from storage.schema import (
+    ERROR_MAX_CHARS,
+    FINISHED_STATES,
+    create_schema,
+    epochs,
+    schema_exists,
+    studies,
+    trials,
+    utcnow,
+)
+from storage.schema import params as param_table
+from storage.urls import mask_url, resolve_url, scrub, secrets_of
+
+log = logging.getLogger("odyssey.storage")
+T = TypeVar("T")
+
+#: seconds a read keeps retrying a transient failure (writes use the longer `retry_budget`)
+READ_RETRY_SECONDS = 3.0
+
+RESULT_FIELDS = (
+    "best_valid", "best_test", "final_valid", "final_test", "best_epoch", "epochs", "seconds", "n_params",
+)
+_INT_RESULTS = {"best_epoch", "epochs", "n_params"}
+TRIAL_HEAD = ["study", "slot", "trial_number", "variant", "dataset", "state", "diverged"]
+TRIAL_TAIL = [
+    "best_valid", "best_test", "final_valid", "final_test", "best_epoch", "epochs", "seconds", "n_params",
+    "host", "device", "seed", "started_at", "finished_at", "attempts", "error",
+]
+EPOCH_COLUMNS = [
+    "study", "slot", "trial_number", "variant", "epoch",
+    "train_loss", "valid_metric", "test_metric", "seconds",
+]
+STUDY_COLUMNS = ["study", "dataset", "created_at", "trials", "waiting", "running", "complete", "failed",
+                 "diverged"]
+_INT_COLUMNS = ("slot", "trial_number", "best_epoch", "epochs", "n_params", "seed", "attempts", "epoch")
+
+
+@dataclasses.dataclass
+class StudyData:
+    """A study as the analysis reads it: its spec, one row per designed trial, one row per epoch."""
+
+    spec: dict[str, Any]
+    trials: pd.DataFrame
+    epochs: pd.DataFrame
+    name: str = ""
+    param_names: list[str] = dataclasses.field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+def _finite(value: Any) -> float | None:
+    """A float, or None for missing and non-finite values (stored as NULL on every backend)."""
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise OdysseyError(f"expected a number, got {value!r}") from None
+    return number if math.isfinite(number) else None
+
+
+def _int_or_none(value: Any, what: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise OdysseyError(f"{what} must be an integer, got {value!r}") from None
+    if number != value and not isinstance(value, str):
+        raise OdysseyError(f"{what} must be an integer, got {value!r}")
+    return number
+
+
+def _slot(value: Any) -> int:
+    slot = _int_or_none(value, "slot")
+    if slot is None or isinstance(value, bool):
+        raise OdysseyError(f"slot must be an integer, got {value!r}")
+    return slot
+
+
+def _upsert(conn: sa.Connection, table: sa.Table) -> Any:
+    """A dialect-specific INSERT that supports ON CONFLICT."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)
+
+
+def _write(url: str | None, what: str, fn: Callable[[sa.Connection, str], T]) -> T:
+    """Run ``fn(conn, resolved_url)`` in one transaction, creating the schema first; retried on outages."""
+    resolved = resolve_url(url)
+    engine = get_engine(resolved)
+
+    def attempt() -> T:
+        create_schema(engine)
+        with write_transaction(engine) as conn:
+            return fn(conn, resolved)
+
+    return with_retry(attempt, resolved, what=what)
+
+
+def _read(
+    url: str | None, what: str, fn: Callable[[sa.Connection, str], T], missing: Callable[[str], T]
+) -> T:
+    """Run ``fn`` read-only-ish (no schema creation); ``missing(url)`` answers when there is no schema."""
+    resolved = resolve_url(url)
+    file = sqlite_file(resolved) if resolved.startswith("sqlite") else None
+    if file is not None and not file.exists():
+        return missing(resolved)  # never create an empty database file just to read it
+    engine = get_engine(resolved)
+
+    def attempt() -> T:
+        with engine.connect() as conn:
+            if not schema_exists(conn):
+                return missing(resolved)
+            return fn(conn, resolved)
+
+    return with_retry(attempt, resolved, what=what, retry_seconds=READ_RETRY_SECONDS)
+
+
+def _not_found(study: str, url: str) -> OdysseyError:
+    return OdysseyError(f"study {study!r} not found in {mask_url(url)}")
+
+
+def _require_study(conn: sa.Connection, study: str, url: str) -> sa.Row:
+    row = conn.execute(sa.select(studies).where(studies.c.name == study)).first()
+    if row is None:
+        raise _not_found(study, url)
+    return row
+
+
+def _trial_key(study: str, slot: int) -> sa.ColumnElement[bool]:
+    return sa.and_(trials.c.study == study, trials.c.slot == slot)
+
+
+def _no_slot(study: str, slot: int) -> OdysseyError:
+    return OdysseyError(f"study {study!r} has no designed trial in slot {slot}")
+
+
+def _normalise_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
+    if not isinstance(spec, Mapping):
+        raise OdysseyError(f"a study spec must be a mapping, got {type(spec).__name__}")
+    try:
+        return json.loads(json.dumps(dict(spec), allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise OdysseyError(f"study spec is not plain JSON: {exc}") from None
+
+
+def _dataset_of(spec: Mapping[str, Any]) -> str | None:
+    dataset = spec.get("dataset")
+    if isinstance(dataset, Mapping):
+        dataset = dataset.get("name")
+    return str(dataset) if dataset is not None else None
+
+
+def _check_name(name: Any) -> str:
+    if not isinstance(name, str) or not name.strip() or len(name) > 255:
+        raise OdysseyError(f"a study name must be a non-empty string of at most 255 characters, got {name!r}")
+    return name
+
+
+def _param_rows(study: str, slot: int, values: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    if values is None:
+        return []
+    if not isinstance(values, Mapping):
+        raise OdysseyError(f"params of slot {slot} must be a mapping of name -> number")
+    rows = []
+    for name, value in values.items():
+        if not isinstance(name, str) or not name or len(name) > 64:
+            raise OdysseyError(f"invalid hyperparameter name {name!r} in slot {slot}")
+        if isinstance(value, bool):
+            value = float(value)
+        rows.append({"study": study, "slot": slot, "name": name, "value": _finite(value)})
+    return rows
+
+
+# --------------------------------------------------------------------------------------------- writes
+
+
+def register_study(
+    url: str | None, name: str, spec: Mapping[str, Any], *, dataset: str | None = None, replace: bool = False
+) -> None:
+    """Record a study and its normalised spec; a repeat with the same spec does nothing.
+
+    ``dataset`` defaults to ``spec["dataset"]`` (or ``spec["dataset"]["name"]``). Registering an existing
+    study with a different spec raises OdysseyError unless ``replace`` is true.
+    """
+    name = _check_name(name)
+    spec = _normalise_spec(spec)
+    dataset = dataset if dataset is not None else _dataset_of(spec)
+
+    def write(conn: sa.Connection, resolved: str) -> None:
+        stmt = _upsert(conn, studies).values(name=name, dataset=dataset, spec=spec, created_at=utcnow())
+        conn.execute(stmt.on_conflict_do_nothing(index_elements=["name"]))
+        stored = conn.execute(
+            sa.select(studies.c.spec, studies.c.dataset).where(studies.c.name == name)
+        ).one()
+        if stored.spec == spec and stored.dataset == dataset:
+            return
+        if not replace:
+            raise OdysseyError(
+                f"study {name!r} already exists in {mask_url(resolved)} with a different spec; "
+                "delete it or choose another name"
+            )
+        conn.execute(sa.update(studies).where(studies.c.name == name).values(spec=spec, dataset=dataset))
+
+    _write(url, "register a study", write)
+
+
+def record_designed_trials(url: str | None, study: str, rows: Iterable[Mapping[str, Any]]) -> int:
+    """Record designed trials (each: ``slot``, ``variant``, ``params`` dict, ``seed``, optional ``dataset``)
+    in state ``waiting``. Slots already recorded are left as they are. Returns the number of rows given.
+    """
+    trial_rows: list[dict[str, Any]] = []
+    param_rows: list[dict[str, Any]] = []
+    seen: set[int] = set()
+    now = utcnow()
+    for row in rows:
+        if not isinstance(row, Mapping):
+            raise OdysseyError(f"a designed trial must be a mapping, got {type(row).__name__}")
+        slot = _slot(row.get("slot"))
+        if slot in seen:
+            raise OdysseyError(f"slot {slot} appears twice among the designed trials of {study!r}")
+        seen.add(slot)
+        variant = row.get("variant")
+        if not isinstance(variant, str) or not variant:
+            raise OdysseyError(f"designed trial in slot {slot} has no variant")
+        trial_rows.append({
+            "study": study, "slot": slot, "variant": variant, "dataset": row.get("dataset"),
+            "seed": _int_or_none(row.get("seed"), f"seed of slot {slot}"), "state": "waiting",
+            "attempts": 0, "diverged": False, "created_at": now,
+        })
+        param_rows.extend(_param_rows(study, slot, row.get("params")))
+
+    def write(conn: sa.Connection, resolved: str) -> int:
+        found = _require_study(conn, study, resolved)
+        for item in trial_rows:
+            item["dataset"] = item["dataset"] or found.dataset
+        if trial_rows:
+            conn.execute(_upsert(conn, trials).on_conflict_do_nothing(index_elements=["study", "slot"]),
+                         trial_rows)
+        if param_rows:
+            conn.execute(
+                _upsert(conn, param_table).on_conflict_do_nothing(index_elements=["study", "slot", "name"]),
+                param_rows,
+            )
+        return len(trial_rows)
+
+    return _write(url, "record designed trials", write)
+
+
+def record_trial_started(
+    url: str | None,
+    study: str,
+    slot: int,
+    trial_number: int,
+    host: str | None,
+    device: str | None,
+    *,
+    variant: str | None = None,
+    params: Mapping[str, Any] | None = None,
+    seed: int | None = None,
+    dataset: str | None = None,
+) -> None:
+    """Mark a slot running as Optuna trial ``trial_number``: clears its old epochs and results.
+
+    ``attempts`` counts distinct trial numbers, so repeating the call is harmless. A slot that was never
+    designed is created when ``variant`` is given, else OdysseyError.
+    """
+    slot = _slot(slot)
+    number = _int_or_none(trial_number, "trial_number")
+
+    def write(conn: sa.Connection, resolved: str) -> None:
+        found = _require_study(conn, study, resolved)
+        exists = conn.execute(sa.select(trials.c.slot).where(_trial_key(study, slot))).first()
+        if exists is None:
+            if variant is None:
+                raise _no_slot(study, slot)
+            conn.execute(sa.insert(trials).values(
+                study=study, slot=slot, variant=variant, dataset=dataset or found.dataset,
+                seed=_int_or_none(seed, "seed"), state="waiting", attempts=0, diverged=False,
+                created_at=utcnow(),
+            ))
+            rows = _param_rows(study, slot, params)
+            if rows:
+                conn.execute(sa.insert(param_table), rows)
+        new_attempt = sa.or_(trials.c.trial_number.is_(None), trials.c.trial_number != number)
+        conn.execute(
+            sa.update(trials).where(_trial_key(study, slot)).values(
+                attempts=sa.case((new_attempt, trials.c.attempts + 1), else_=trials.c.attempts),
+                trial_number=number, state="running", diverged=False, host=host, device=device,
+                started_at=utcnow(), finished_at=None, error=None,
+                **dict.fromkeys(RESULT_FIELDS),
+            )
+        )
+        conn.execute(sa.delete(epochs).where(epochs.c.study == study, epochs.c.slot == slot))
+
+    _write(url, "record a trial start", write)
+
+
+def _current_attempt_matches(conn: sa.Connection, study: str, slot: int, number: int | None) -> bool:
+    row = conn.execute(sa.select(trials.c.trial_number).where(_trial_key(study, slot))).first()
+    if row is None:
+        raise _no_slot(study, slot)
+    if number is not None and row.trial_number != number:
+        log.warning("ignoring a write from trial %s to slot %s of %r: slot now belongs to trial %s",
+                    number, slot, study, row.trial_number)
+        return False
+    return True
+
+
+def record_epoch(
+    url: str | None,
+    study: str,
+    slot: int,
+    epoch: int,
+    train_loss: float | None,
+    valid_metric: float | None,
+    test_metric: float | None,
+    seconds: float | None,
+    *,
+    trial_number: int | None = None,
+) -> bool:
+    """Record (or overwrite) one epoch of a slot; non-finite numbers are stored as NULL.
+
+    With ``trial_number``, a write from an attempt that no longer owns the slot (a zombie worker) is ignored
+    and False is returned.
+    """
+    slot = _slot(slot)
+    epoch_no = _int_or_none(epoch, "epoch")
+    values = {
+        "train_loss": _finite(train_loss), "valid_metric": _finite(valid_metric),
+        "test_metric": _finite(test_metric), "seconds": _finite(seconds),
+    }
+
+    def write(conn: sa.Connection, resolved: str) -> bool:
+        if not _current_attempt_matches(conn, study, slot, _int_or_none(trial_number, "trial_number")):
+            return False
+        stmt = _upsert(conn, epochs).values(study=study, slot=slot, epoch=epoch_no, **values)
+        conn.execute(stmt.on_conflict_do_update(index_elements=["study", "slot", "epoch"], set_=values))
+        # Live progress for `odyssey query`: a running trial's epoch count so far.
+        conn.execute(sa.update(trials).where(_trial_key(study, slot), trials.c.state == "running")
+                     .values(epochs=epoch_no))
+        return True
+
+    return _write(url, "record an epoch", write)
+
+
+def _result_value(result: Any, key: str) -> Any:
+    if isinstance(result, Mapping):
+        return result.get(key)
+    return getattr(result, key, None)
+
+
+def record_trial_finished(
+    url: str | None,
+    study: str,
+    slot: int,
+    state: str,
+    result: Mapping[str, Any] | Any,
+    *,
+    trial_number: int | None = None,
+) -> bool:
+    """Record a slot's outcome: ``state`` is complete, failed or diverged; ``result`` a dict (or an object
+    such as TrainResult) with any of best_valid, best_test, final_valid, final_test, best_epoch, epochs,
+    seconds, n_params, error, diverged. Other keys are ignored; non-finite numbers become NULL.
+
+    With ``trial_number``, a late write from an attempt that no longer owns the slot is ignored (False).
+    """
+    slot = _slot(slot)
+    if state not in FINISHED_STATES:
+        allowed = ", ".join(FINISHED_STATES)
+        raise OdysseyError(f"a finished trial's state must be one of {allowed}, got {state!r}")
+    result = {} if result is None else result
+    values: dict[str, Any] = {}
+    for key in RESULT_FIELDS:
+        raw = _result_value(result, key)
+        values[key] = _int_or_none(raw, key) if key in _INT_RESULTS else _finite(raw)
+    error = _result_value(result, "error")
+    if error is not None:
+        error = " ".join(str(error).split())[:ERROR_MAX_CHARS]
+    values["diverged"] = state == "diverged" or bool(_result_value(result, "diverged"))
+
+    def write(conn: sa.Connection, resolved: str) -> bool:
+        if not _current_attempt_matches(conn, study, slot, _int_or_none(trial_number, "trial_number")):
+            return False
+        conn.execute(sa.update(trials).where(_trial_key(study, slot)).values(
+            state=state, finished_at=utcnow(),
+            error=scrub(error, secrets_of(resolved)) if error else None, **values,
+        ))
+        return True
+
+    return _write(url, "record a trial result", write)
+
+
+def record_trial_requeued(url: str | None, study: str, slot: int) -> None:
+    """Put a slot back to ``waiting`` (e.g. its worker died); its results are cleared, attempts kept."""
+    slot = _slot(slot)
+
+    def write(conn: sa.Connection, resolved: str) -> None:
+        _require_study(conn, study, resolved)
+        done = conn.execute(sa.update(trials).where(_trial_key(study, slot)).values(
+            state="waiting", diverged=False, started_at=None, finished_at=None, error=None,
+            host=None, device=None, **dict.fromkeys(RESULT_FIELDS),
+        ))
+        if done.rowcount == 0:
+            raise _no_slot(study, slot)
+
+    _write(url, "requeue a trial", write)
+
+
+def delete_study_results(url: str | None, study: str) -> bool:
+    """Delete a study's results (not its Optuna study); returns whether there was anything to delete."""
+
+    def write(conn: sa.Connection, resolved: str) -> bool:
+        for table in (epochs, param_table, trials):
+            conn.execute(sa.delete(table).where(table.c.study == study))
+        return conn.execute(sa.delete(studies).where(studies.c.name == study)).rowcount > 0
+
+    return _write(url, "delete study results", write)
+
+
+# ---------------------------------------------------------------------------------------------- reads
+
+
+def _space_order(spec: Mapping[str, Any], names: set[str]) -> list[str]:
+    """Hyperparameter names in the order the spec's search space lists them (others sorted after)."""
+    order: list[str] = []
+    for value in spec.values():
+        if isinstance(value, Mapping) and names & set(value):
+            order = [key for key in value if key in names]
+            break
+    return order + sorted(names - set(order))
+
+
+def _typed(frame: pd.DataFrame) -> pd.DataFrame:
+    for column in _INT_COLUMNS:
+        if column in frame:
+            frame[column] = pd.array(frame[column].astype(object).where(frame[column].notna(), None),
+                                     dtype="Int64")
+    for column in ("started_at", "finished_at", "created_at"):
+        if column in frame:
+            frame[column] = pd.to_datetime(frame[column], utc=True)
+    if "diverged" in frame:
+        frame["diverged"] = frame["diverged"].astype(bool)
+    return frame
+
+
+def load_study(url: str | None, name: str) -> StudyData:
+    """Load a study's spec, trials (one row per designed trial, one column per hyperparameter) and epochs.
+
+    Raises OdysseyError("study 'x' not found in <url>") for an unknown study.
+    """
+
+    def missing(resolved: str) -> StudyData:
+        raise _not_found(name, resolved)
+
+    def read(conn: sa.Connection, resolved: str) -> StudyData:
+        study_row = _require_study(conn, name, resolved)
+        trial_rows = [dict(r) for r in conn.execute(
+            sa.select(trials).where(trials.c.study == name).order_by(trials.c.slot)).mappings()]
+        param_rows = conn.execute(
+            sa.select(param_table.c.slot, param_table.c.name, param_table.c.value)
+            .where(param_table.c.study == name)).all()
+        epoch_rows = conn.execute(
+            sa.select(epochs, trials.c.trial_number, trials.c.variant)
+            .join(trials, sa.and_(trials.c.study == epochs.c.study, trials.c.slot == epochs.c.slot))
+            .where(epochs.c.study == name).order_by(epochs.c.slot, epochs.c.epoch)).mappings().all()
+        spec = dict(study_row.spec or {})
+        names = _space_order(spec, {p.name for p in param_rows})
+        columns = {n: (n if n not in TRIAL_HEAD + TRIAL_TAIL else f"param_{n}") for n in names}
+        by_slot: dict[int, dict[str, float | None]] = {}
+        for p in param_rows:
+            by_slot.setdefault(p.slot, {})[columns[p.name]] = p.value
+        for row in trial_rows:
+            row.update({c: by_slot.get(row["slot"], {}).get(c) for c in columns.values()})
+        order = TRIAL_HEAD + list(columns.values()) + TRIAL_TAIL
+        trial_frame = pd.DataFrame(trial_rows, columns=order)
+        for column in list(columns.values()) + list(RESULT_FIELDS):
+            if column not in _INT_COLUMNS:
+                trial_frame[column] = trial_frame[column].astype(float)
+        epoch_frame = pd.DataFrame([dict(r) for r in epoch_rows], columns=EPOCH_COLUMNS)
+        for column in ("train_loss", "valid_metric", "test_metric", "seconds"):
+            epoch_frame[column] = epoch_frame[column].astype(float)
+        return StudyData(spec=spec, trials=_typed(trial_frame), epochs=_typed(epoch_frame), name=name,
+                         param_names=list(columns.values()))
+
+    return _read(url, "load a study", read, missing)
+
+
+def list_studies(url: str | None) -> pd.DataFrame:
+    """One row per study: name, dataset, created_at, and its trial counts per state."""
+
+    def missing(_resolved: str) -> pd.DataFrame:
+        return pd.DataFrame(columns=STUDY_COLUMNS)
+
+    def read(conn: sa.Connection, _resolved: str) -> pd.DataFrame:
+        counts = {state: sa.func.sum(sa.case((trials.c.state == state, 1), else_=0)) for state in
+                  ("waiting", "running", "complete", "failed", "diverged")}
+        stmt = (
+            sa.select(studies.c.name.label("study"), studies.c.dataset, studies.c.created_at,
+                      sa.func.count(trials.c.slot).label("trials"),
+                      *(sa.func.coalesce(expr, 0).label(state) for state, expr in counts.items()))
+            .select_from(studies.outerjoin(trials, trials.c.study == studies.c.name))
+            .group_by(studies.c.name, studies.c.dataset, studies.c.created_at)
+            .order_by(studies.c.created_at, studies.c.name)
+        )
+        frame = pd.DataFrame([dict(r) for r in conn.execute(stmt).mappings()], columns=STUDY_COLUMNS)
+        for column in STUDY_COLUMNS[3:]:
+            frame[column] = frame[column].astype("int64")
+        frame["created_at"] = pd.to_datetime(frame["created_at"], utc=True)
+        return frame
+
+    return _read(url, "list studies", read, missing)
+
+
+def trials_dataframe(url: str | None, study: str, state: str | None = None) -> pd.DataFrame:
+    """The trials of ``study`` as a DataFrame (optionally only those in ``state``), for notebooks."""
+    frame = load_study(url, study).trials
+    if state is not None:
+        frame = frame[frame["state"] == state].reset_index(drop=True)
+    return frame
+
+
+__all__ = [
+    "StudyData", "register_study", "record_designed_trials", "record_trial_started", "record_epoch",
+    "record_trial_finished", "record_trial_requeued", "delete_study_results", "load_study",
+    "list_studies", "trials_dataframe", "translated",
+]

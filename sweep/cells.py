@@ -1,0 +1,171 @@
+"""Recurrent layers for every variant of the study: Greff et al.'s nine LSTMs, GRU and the pseudo LSTM.
+
+`make_recurrent` builds a stack of layers of one variant; equations in /work/shared/docs/variants.md and the
+modules `sweep.cells_lstm` (V and its eight variants), `sweep.cells_gru`, `sweep.cells_pseudo`.
+
+A state is a tuple of tensors shaped (num_layers, B, K), opaque to callers: (h, c) for the LSTM family,
+(h, c, gates) for FGR (whose gates see the previous step's gates), (s,) for GRU and the pseudo LSTM.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from storage.errors import OdysseyError
+from sweep.cells_common import check_init, zero_padding
+from sweep.cells_gru import GRULayer
+from sweep.cells_lstm import LSTM_SPECS, LSTMLayer
+from sweep.cells_pseudo import PseudoLSTMLayer
+
+State = tuple[Tensor, ...]
+
+GREFF_VARIANTS: tuple[str, ...] = ("V", "NIG", "NFG", "NOG", "NIAF", "NOAF", "NP", "CIFG", "FGR")
+VARIANTS: tuple[str, ...] = (*GREFF_VARIANTS, "GRU", "PLSTM")
+
+
+class Recurrent(nn.Module):
+    """A stack of `num_layers` recurrent layers of one variant, batch first, padding-aware."""
+
+    def __init__(
+        self,
+        variant: str,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        forget_bias: float = 0.0,
+        init: str = "normal",
+        init_scale: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if variant not in VARIANTS:
+            raise OdysseyError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
+        for name, value in (
+            ("input_size", input_size),
+            ("hidden_size", hidden_size),
+            ("num_layers", num_layers),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise OdysseyError(f"{name} must be a positive integer, got {value!r}")
+        if not (isinstance(forget_bias, (int, float)) and math.isfinite(forget_bias)):
+            raise OdysseyError(f"forget_bias must be a finite number, got {forget_bias!r}")
+        check_init(init, init_scale)
+        self.variant, self.input_size, self.hidden_size, self.num_layers = (
+            variant,
+            input_size,
+            hidden_size,
+            num_layers,
+        )
+        self.layers = nn.ModuleList(
+            _make_layer(
+                variant, input_size if k == 0 else hidden_size, hidden_size, forget_bias, init, init_scale
+            )
+            for k in range(num_layers)
+        )
+
+    @property
+    def state_sizes(self) -> tuple[int, ...]:
+        """Width of each tensor of a layer's state."""
+        return self.layers[0].state_sizes
+
+    def num_parameters(self) -> int:
+        """Number of trainable scalars (variants differ: removed gates and peepholes have no parameters)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def set_reference(self, reference: bool = True) -> Recurrent:
+        """Switch every layer to the plain autograd loop (slow; for tests) or back to the fast kernels."""
+        for layer in self.layers:
+            layer.reference = reference
+        return self
+
+    def initial_state(self, batch_size: int, like: Tensor) -> State:
+        """A zero state for `batch_size` sequences, with `like`'s dtype and device."""
+        return tuple(like.new_zeros(self.num_layers, batch_size, k) for k in self.state_sizes)
+
+    def forward(
+        self, x: Tensor, lengths: Tensor | None = None, state: State | None = None
+    ) -> tuple[Tensor, State]:
+        """Run x (B, T, M) -> outputs (B, T, N), zero at padded steps, and the state at each last valid step.
+
+        `lengths` (B,) gives each sequence's valid steps (None: all T); `state` continues a previous chunk
+        (truncated BPTT; detach it first with `detach_state` to cut the gradient), None starts from zeros.
+        """
+        if x.dim() != 3 or x.size(2) != self.input_size:
+            raise OdysseyError(
+                f"expected input of shape (batch, time, {self.input_size}), got {tuple(x.shape)}"
+            )
+        batch, steps = x.size(0), x.size(1)
+        if steps == 0:
+            raise OdysseyError("cannot run a recurrent layer over zero time steps")
+        lengths, mask = _check_lengths(lengths, batch, steps, x.device)
+        state = self.initial_state(batch, x) if state is None else self._check_state(state, batch)
+        out = zero_padding(x, mask)  # garbage in the padding must not reach anything
+        finals = []
+        for k, layer in enumerate(self.layers):
+            out, final = layer(out, lengths, mask, tuple(s[k] for s in state))
+            finals.append(final)
+        return out, tuple(torch.stack(parts) for parts in zip(*finals, strict=True))
+
+    def _check_state(self, state: State, batch: int) -> State:
+        shapes = [(self.num_layers, batch, k) for k in self.state_sizes]
+        if len(state) != len(shapes) or any(
+            tuple(s.shape) != sh for s, sh in zip(state, shapes, strict=False)
+        ):
+            got = [tuple(s.shape) for s in state]
+            raise OdysseyError(f"{self.variant} state must have shapes {shapes}, got {got}")
+        return state
+
+
+def _check_lengths(
+    lengths: Tensor | None, batch: int, steps: int, device: torch.device
+) -> tuple[Tensor | None, Tensor | None]:
+    """Validate lengths; return (lengths, mask) on x's device, or (None, None) when every row is full."""
+    if lengths is None:
+        return None, None
+    if lengths.dim() != 1 or lengths.size(0) != batch or lengths.is_floating_point():
+        raise OdysseyError(
+            f"lengths must be {batch} integers, got shape {tuple(lengths.shape)} {lengths.dtype}"
+        )
+    lengths = lengths.to(device=device, dtype=torch.long)
+    low, high = int(lengths.min()), int(lengths.max())
+    if low < 1 or high > steps:
+        raise OdysseyError(f"sequence lengths must lie in [1, {steps}], got {low}..{high}")
+    if low == steps:
+        return None, None
+    mask = torch.arange(steps, device=device).unsqueeze(0) < lengths.unsqueeze(1)
+    return lengths, mask
+
+
+def _make_layer(
+    variant: str, input_size: int, hidden_size: int, forget_bias: float, init: str, init_scale: float
+) -> nn.Module:
+    if variant == "GRU":
+        return GRULayer(input_size, hidden_size, forget_bias, init, init_scale)
+    if variant == "PLSTM":
+        return PseudoLSTMLayer(input_size, hidden_size, forget_bias, init, init_scale)
+    return LSTMLayer(LSTM_SPECS[variant], input_size, hidden_size, forget_bias, init, init_scale)
+
+
+def make_recurrent(
+    variant: str,
+    input_size: int,
+    hidden_size: int,
+    num_layers: int = 1,
+    forget_bias: float = 0.0,
+    init: str = "normal",
+    init_scale: float = 0.1,
+) -> Recurrent:
+    """Build a `Recurrent` stack of `variant` (one of VARIANTS); unknown names raise OdysseyError."""
+    return Recurrent(variant, input_size, hidden_size, num_layers, forget_bias, init, init_scale)
+
+
+def detach_state(state: State) -> State:
+    """Cut the gradient path between truncated-BPTT chunks."""
+    return tuple(s.detach() for s in state)
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of trainable scalars of any module."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)

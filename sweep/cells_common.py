@@ -1,0 +1,99 @@
+"""Helpers shared by the recurrent layer implementations: initialisation and padding rules."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from storage.errors import OdysseyError
+
+INIT_SCHEMES = ("normal", "uniform", "xavier")
+
+
+def check_init(init: str, init_scale: float) -> None:
+    """Raise OdysseyError for an unknown init scheme or a non-positive normal scale."""
+    if init not in INIT_SCHEMES:
+        raise OdysseyError(f"unknown init scheme {init!r}; expected one of {', '.join(INIT_SCHEMES)}")
+    if not (init_scale > 0 and math.isfinite(init_scale)):
+        raise OdysseyError(f"init_scale must be a positive number, got {init_scale!r}")
+
+
+@torch.no_grad()
+def init_matrix(weight: Tensor, blocks: int, init: str, scale: float, hidden_size: int) -> None:
+    """Initialise a stacked (blocks * N, K) weight; xavier treats each gate's (N, K) block separately."""
+    if init == "normal":
+        weight.normal_(0.0, scale)
+    elif init == "uniform":
+        bound = 1.0 / math.sqrt(hidden_size)
+        weight.uniform_(-bound, bound)
+    else:
+        for block in weight.chunk(blocks, 0):
+            nn.init.xavier_uniform_(block)
+
+
+@torch.no_grad()
+def init_vector(weight: Tensor, init: str, scale: float, hidden_size: int) -> None:
+    """Initialise peephole-like weight vectors (xavier has no fan for a vector: it uses torch's uniform)."""
+    if init == "normal":
+        weight.normal_(0.0, scale)
+    else:
+        bound = 1.0 / math.sqrt(hidden_size)
+        weight.uniform_(-bound, bound)
+
+
+def last_valid(seq: Tensor, lengths: Tensor | None) -> Tensor:
+    """From a (B, T, K) sequence, each row's entry at its last valid step (lengths - 1)."""
+    if lengths is None:
+        return seq[:, -1]
+    index = (lengths - 1).view(-1, 1, 1).expand(-1, 1, seq.size(2))
+    return seq.gather(1, index).squeeze(1)
+
+
+def zero_padding(seq: Tensor, mask: Tensor | None) -> Tensor:
+    """Zero a (B, T, K) sequence at padded steps; `where` so that non-finite padding cannot leak."""
+    if mask is None:
+        return seq
+    return torch.where(mask.unsqueeze(2), seq, torch.zeros((), dtype=seq.dtype, device=seq.device))
+
+
+def run_torch_rnn(
+    kind: str,
+    layer: nn.Module,
+    x: Tensor,
+    lengths: Tensor | None,
+    state: tuple[Tensor, ...],
+    params: list[Tensor],
+) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """One layer through torch's fused LSTM/GRU kernel, packing the batch only when lengths differ."""
+    rnn = torch.lstm if kind == "lstm" else torch.gru
+    hx = tuple(s.unsqueeze(0).contiguous() for s in state)
+    hx_arg = hx if kind == "lstm" else hx[0]
+    if lengths is None:
+        out = rnn(x, hx_arg, params, True, 1, 0.0, layer.training, False, True)
+        return out[0], tuple(s[0] for s in out[1:])
+    packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+    order, unorder = packed.sorted_indices, packed.unsorted_indices
+    hx = tuple(s.index_select(1, order) for s in hx)
+    hx_arg = hx if kind == "lstm" else hx[0]
+    out = rnn(packed.data, packed.batch_sizes, hx_arg, params, True, 1, 0.0, layer.training, False)
+    ys, _ = pad_packed_sequence(packed._replace(data=out[0]), batch_first=True, total_length=x.size(1))
+    return ys, tuple(s[0].index_select(0, unorder) for s in out[1:])
+
+
+def script(fn: Callable) -> Callable:
+    """TorchScript-compile a loop (runs it without the interpreter's per-op Python overhead).
+
+    torch.jit.script is deprecated but still the only way to compile a loop of small ops without a
+    C++ toolchain; if it ever goes away, the loops still run as plain Python.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            return torch.jit.script(fn)
+    except Exception:  # pragma: no cover - depends on the torch build
+        return fn

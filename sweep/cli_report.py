@@ -1,0 +1,49 @@
+"""`odyssey report`: write a study's HTML report and its numbers (CSV/JSON) into a directory."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from analysis import TARGETS
+
+
+@click.command()
+@click.argument("study")
+@click.option("--storage", "url", default=None, help="Storage URL (default: $ODYSSEY_STORAGE, else sqlite).")
+@click.option(
+    "-o", "--output", "outdir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="Directory for report.html and the CSV/JSON files (default: report-STUDY).",
+)  # fmt: skip
+@click.option(
+    "--target", type=click.Choice(TARGETS), default="best_test", show_default=True,
+    help="Trial column the statistics and fANOVA analyse.",
+)  # fmt: skip
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fANOVA forests.")
+@click.option("--trees", "n_trees", type=click.IntRange(1, 1024), default=64, show_default=True,
+              help="Trees per fANOVA forest.")  # fmt: skip
+@click.option("--jobs", type=click.IntRange(1, 64), default=None,
+              help="Forests fitted at once [default: one per CPU].")  # fmt: skip
+def report(
+    study: str, url: str | None, outdir: Path | None, target: str, seed: int, n_trees: int, jobs: int | None
+) -> None:
+    """Analyse STUDY (statistics, fANOVA, figures) and write a self-contained HTML report."""
+    from analysis.report import build_report
+    from storage.urls import mask_url, resolve_url
+
+    resolved = resolve_url(url)
+    console = Console(stderr=True, highlight=False)
+    started = time.perf_counter()
+
+    def progress(message: str) -> None:
+        console.print(f"[dim]{time.perf_counter() - started:6.1f}s[/dim] {message}")
+
+    progress(f"storage {mask_url(resolved)}")
+    path = build_report(
+        resolved, study, outdir or Path(f"report-{study}"), target=target, seed=seed, n_trees=n_trees,
+        jobs=jobs, progress=progress,
+    )  # fmt: skip
+    click.echo(f"report written to {path.resolve()}")

@@ -1,0 +1,116 @@
+"""`odyssey run SPEC`: the whole job on one machine, from a spec to an open-able report."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+import click
+
+from storage.urls import mask_url, resolve_url
+
+
+def _fmt_eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, sec = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{sec:02d}" if hours else f"{minutes}:{sec:02d}"
+
+
+class _Display:
+    """A rich progress display: one bar per variant with its best score, and an overall bar with ETA."""
+
+    def __init__(self, variants: list[str], metric: str, live: bool) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.metric = metric
+        self.live = live
+        self.progress = Progress(
+            TextColumn("{task.description:>8}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+            disable=not live, transient=False,
+        )
+        self.overall = self.progress.add_task("all", total=None, info="")
+        self.tasks = {v: self.progress.add_task(v, total=None, info="") for v in variants}
+        self._last_line = 0.0
+
+    def __enter__(self) -> _Display:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)
+
+    def update(self, p) -> None:  # p: sweep.run.Progress
+        for variant, task in self.tasks.items():
+            done, total = p.per_variant.get(variant, (0, 0))
+            best = p.best.get(variant)
+            info = f"best {self.metric} {best:.4g}" if best is not None else ""
+            self.progress.update(task, completed=done, total=total or None, info=info)
+        self.progress.update(self.overall, completed=p.finished, total=p.total or None,
+                             info=f"{p.running} running, ETA {_fmt_eta(p.eta_seconds)}")
+        # Without a terminal (CI logs, nohup), print a status line every 30 s instead of bars.
+        if not self.live and time.monotonic() - self._last_line > 30:
+            self._last_line = time.monotonic()
+            click.echo(f"{p.finished}/{p.total} trials finished, {p.running} running, "
+                       f"ETA {_fmt_eta(p.eta_seconds)}", err=True)
+
+
+@click.command()
+@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
+@click.option("--storage", "url", default=None, metavar="URL",
+              help="Storage URL (default: $ODYSSEY_STORAGE, else sqlite:///odyssey.db).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Local worker processes (default: one per GPU, else one per CPU core).")
+@click.option("--devices", default="auto", show_default=True,
+              help="auto (every GPU, else cpu), cpu, or a list such as cuda:0,cuda:1.")
+@click.option("-o", "--out", default=None, metavar="DIR", help="Report folder (default: reports/<study>).")
+@click.option("--no-report", is_flag=True, help="Only run the trials.")
+@click.option("--objective", default=None, hidden=True, help="Objective override for tests (see worker).")
+@click.option("--heartbeat", "heartbeat_interval", type=click.IntRange(min=1), default=10, hidden=True)
+@click.option("--grace", "grace_period", type=click.IntRange(min=2), default=60, hidden=True)
+def run(spec_path: str, url: str | None, workers: int | None, devices: str, out: str | None,
+        no_report: bool, objective: str | None, heartbeat_interval: int, grace_period: int) -> None:
+    """Create (or resume) the study of SPEC, run local workers until it is done, and write its report.
+
+    Ctrl-C stops cleanly (running trials go back to the queue); run the same command again to resume.
+    """
+    import optuna
+
+    from sweep.run import default_workers, output_dir, run_study
+    from sweep.spec import load_spec
+    from sweep.study import create_study
+    from sweep.worker import resolve_devices
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s",
+                        stream=sys.stderr)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    spec = load_spec(spec_path)
+    resolved = resolve_url(url)
+    click.echo(f"storage {mask_url(resolved)}", err=True)
+    created = create_study(resolved, spec)
+    click.echo(created.message if created.created else f"resuming study {spec.name!r}", err=True)
+    device_list = resolve_devices(devices, objective)
+    n_workers = workers or (len(device_list) if device_list != ["cpu"] else default_workers())
+    click.echo(f"{n_workers} worker(s) on {', '.join(device_list)}", err=True)
+    live = sys.stderr.isatty()
+    try:
+        with _Display(list(spec.variants), spec.metric, live) as display:
+            done = run_study(spec, resolved, n_workers, device_list, display.update,
+                             heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                             objective=objective)
+    except KeyboardInterrupt:
+        click.echo(f"stopped; running trials went back to the queue. Resume with: odyssey run {spec_path}"
+                   + (f" --storage {mask_url(resolved)}" if url else ""), err=True)
+        raise SystemExit(130) from None
+    if not done:
+        click.echo("the study is not finished (trials left that no worker could take)", err=True)
+    if no_report:
+        return
+    from analysis.report import build_report
+
+    target = output_dir(spec, out)
+    path = build_report(resolved, spec.name, target, progress=lambda msg: click.echo(f"report: {msg}", err=True))
+    click.echo(f"report: {path}")

@@ -1,0 +1,118 @@
+"""`odyssey study`: create a study from a spec, list studies, show a study's status, delete one."""
+
+from __future__ import annotations
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+
+from storage.urls import mask_url, resolve_url
+
+storage_option = click.option(
+    "--storage", "url", default=None, metavar="URL",
+    help="sqlite:///PATH or postgresql://USER:PASSWORD@HOST/DB (default: $ODYSSEY_STORAGE, else sqlite:///odyssey.db).",
+)
+
+
+@click.group()
+def study() -> None:
+    """Create, list, inspect and delete studies."""
+
+
+@study.command()
+@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
+@storage_option
+@click.option("--skip-data-check", is_flag=True, help="Do not load the dataset here (workers have the data).")
+def create(spec_path: str, url: str | None, skip_data_check: bool) -> None:
+    """Create the study described by SPEC (TOML) and enqueue its design; re-running it is harmless."""
+    import optuna
+
+    from sweep.spec import load_spec
+    from sweep.study import create_study
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    spec = load_spec(spec_path)
+    resolved = resolve_url(url)
+    console = Console(stderr=True)
+    with Progress(TextColumn("enqueueing"), BarColumn(), MofNCompleteColumn(), console=console,
+                  transient=True) as progress:
+        task = progress.add_task("enqueue", total=None)
+
+        def update(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        outcome = create_study(resolved, spec, check_data=not skip_data_check, progress=update)
+    click.echo(f"{outcome.message} in {mask_url(resolved)}")
+
+
+@study.command(name="list")
+@storage_option
+def list_(url: str | None) -> None:
+    """List the studies in the storage with their trial counts."""
+    from storage.results import list_studies
+
+    resolved = resolve_url(url)
+    frame = list_studies(resolved)
+    if frame.empty:
+        click.echo(f"no studies in {mask_url(resolved)}")
+        return
+    table = Table(title=f"studies in {mask_url(resolved)}")
+    columns = ["study", "dataset", "trials", "waiting", "running", "complete", "failed", "diverged"]
+    for column in columns:
+        if column in ("study", "dataset"):
+            table.add_column(column, no_wrap=True)
+        else:
+            table.add_column(column, justify="right")
+    for row in frame.itertuples(index=False):
+        table.add_row(*(str(getattr(row, c)) for c in columns))
+    Console().print(table)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+@study.command()
+@click.argument("name")
+@storage_option
+def status(name: str, url: str | None) -> None:
+    """Per-variant counts of waiting, running, complete, failed and diverged trials, throughput and ETA."""
+    from sweep.study import STATES, study_status
+
+    resolved = resolve_url(url)
+    info = study_status(resolved, name)
+    table = Table(title=f"study {name} ({info.design})")
+    table.add_column("variant")
+    for state in STATES:
+        table.add_column(state, justify="right")
+    for entry in info.variants:
+        table.add_row(entry.variant, *(str(entry.counts[s]) for s in STATES))
+    totals = info.totals
+    table.add_row("total", *(str(totals[s]) for s in STATES), style="bold")
+    console = Console()
+    console.print(table)
+    rate = "unknown" if info.throughput_per_hour is None else f"{info.throughput_per_hour:.1f} trials/hour"
+    left = totals["waiting"] + totals["running"]
+    eta = "done" if left == 0 else _duration(info.eta_seconds)
+    console.print(f"throughput: {rate}; left: {left}; ETA: {eta}")
+
+
+@study.command()
+@click.argument("name")
+@storage_option
+@click.option("--yes", is_flag=True, help="Really delete (required).")
+def delete(name: str, url: str | None, yes: bool) -> None:
+    """Delete study NAME: its Optuna study and every results row."""
+    from sweep.study import delete_study
+
+    if not yes:
+        raise click.UsageError(f"deleting study {name!r} removes all its results; add --yes to confirm")
+    resolved = resolve_url(url)
+    delete_study(resolved, name)
+    click.echo(f"deleted study {name!r} from {mask_url(resolved)}")

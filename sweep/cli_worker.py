@@ -1,0 +1,58 @@
+"""`odyssey worker`: run waiting trials of one study (or of every study) until none is left."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+
+import click
+
+from storage.urls import mask_url, resolve_url
+
+
+@click.command()
+@click.option("--storage", "url", default=None, metavar="URL",
+              help="Storage URL (default: $ODYSSEY_STORAGE, else sqlite:///odyssey.db).")
+@click.option("--study", "study_name", default=None, help="Work on this study only (default: every study).")
+@click.option("--devices", default="auto", show_default=True,
+              help="auto (every GPU, else cpu), cpu, or a list such as cuda:0,cuda:1.")
+@click.option("--jobs-per-device", type=int, default=1, show_default=True,
+              help="Worker processes per device.")
+@click.option("--forever", is_flag=True, help="Keep polling for new trials instead of exiting when done.")
+@click.option("--heartbeat", "heartbeat_interval", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Seconds between heartbeats of a running trial.")
+@click.option("--grace", "grace_period", type=click.IntRange(min=1), default=60, show_default=True,
+              help="Seconds without heartbeat after which a trial counts as lost and is re-queued.")
+@click.option("--max-retries", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Times a lost trial is re-queued before it is recorded as failed.")
+@click.option("--poll", "poll_interval", type=click.FloatRange(min=0.05), default=2.0, show_default=True,
+              help="Seconds between looks for work while other workers finish.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Torch threads per CPU worker (default: cores / CPU workers).")
+@click.option("--objective", default=None, hidden=True,
+              help="train (default), noop, sleep:SECONDS or module:function ($ODYSSEY_OBJECTIVE).")
+def worker(url: str | None, study_name: str | None, devices: str, jobs_per_device: int, forever: bool,
+           heartbeat_interval: int, grace_period: int, max_retries: int, poll_interval: float,
+           threads: int | None, objective: str | None) -> None:
+    """Pull waiting trials and train them, one process per device slot, until the study is done."""
+    import optuna
+
+    from sweep.objective import resolve_objective
+    from sweep.worker import WorkerConfig, resolve_devices, run_workers
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    resolved = resolve_url(url)
+    resolve_objective(objective)  # fail now, not in every worker process
+    if grace_period <= heartbeat_interval:
+        raise click.BadParameter("must be longer than --heartbeat", param_hint="--grace")
+    config = WorkerConfig(url=resolved, study=study_name, forever=forever,
+                          heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                          max_retries=max_retries, poll_interval=poll_interval, objective=objective,
+                          threads=threads)
+    logging.getLogger("odyssey.worker").info("storage %s", mask_url(resolved))
+    code = run_workers(config, resolve_devices(devices, objective), jobs_per_device)
+    if code:
+        raise SystemExit(code)

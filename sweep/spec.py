@@ -1,0 +1,302 @@
+"""Study specs: a TOML file naming the dataset, variants, search space, design and training budget.
+
+`load_spec(path)` parses the file with tomllib and validates it with pydantic; every problem becomes one
+`OdysseyError` line naming the file and the field. `StudySpec.model_dump(mode="json")` is the normalised
+form stored with the study (what `analysis` reads).
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from storage.errors import OdysseyError
+
+DATASETS: tuple[str, ...] = ("jsb", "ptb", "char", "synthetic")
+# The primary (lower-is-better) validation metric of each dataset, as sweep.datasets names it.
+DEFAULT_METRICS: dict[str, str] = {"jsb": "nll", "ptb": "perplexity", "char": "bpc", "synthetic": "mse"}
+# Hyperparameters a space may search; each maps onto a TrainConfig field of the same name.
+SEARCHABLE: dict[str, str] = {
+    "learning_rate": "float",
+    "hidden_size": "int",
+    "momentum": "float",
+    "input_noise": "float",
+    "forget_bias": "float",
+    "num_layers": "int",
+    "clip": "float",
+    "init_scale": "float",
+}
+
+
+class SpecFieldError(ValueError):
+    """A validation problem with one named sub-field (so the message can say `space.x.low must ...`)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field} {message}")
+        self.field = field
+        self.message = message
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Param(_Model):
+    """One search-space entry: a range on a scale, or a fixed value."""
+
+    type: Literal["float", "int"] = "float"
+    scale: Literal["linear", "log", "log1m"] = "linear"
+    low: float | None = None
+    high: float | None = None
+    value: float | None = None
+
+    @model_validator(mode="after")
+    def _check_range(self) -> Param:
+        if self.value is not None:
+            if self.low is not None or self.high is not None:
+                raise SpecFieldError("value", "cannot be combined with low/high")
+            if self.type == "int" and self.value != int(self.value):
+                raise SpecFieldError("value", "must be a whole number for an int parameter")
+            return self
+        if self.low is None:
+            raise SpecFieldError("low", "is required (or give a fixed `value`)")
+        if self.high is None:
+            raise SpecFieldError("high", "is required (or give a fixed `value`)")
+        if not (math.isfinite(self.low) and math.isfinite(self.high)):
+            raise SpecFieldError("low", "and high must be finite")
+        if self.high <= self.low:
+            raise SpecFieldError("high", f"must be > low ({self.low:g})")
+        if self.scale == "log" and self.low <= 0:
+            raise SpecFieldError("low", "must be > 0 for a log scale")
+        if self.scale == "log1m":
+            if self.type == "int":
+                raise SpecFieldError("scale", "log1m is only for float parameters")
+            if self.high >= 1:
+                raise SpecFieldError("high", "must be < 1 for a log1m scale (log10(1 - x))")
+        if self.type == "int" and (self.low != int(self.low) or self.high != int(self.high)):
+            raise SpecFieldError("low", "and high must be whole numbers for an int parameter")
+        return self
+
+    @property
+    def fixed(self) -> bool:
+        return self.value is not None
+
+    def from_unit(self, u: np.ndarray) -> np.ndarray:
+        """Map points of [0, 1) onto this parameter's range along its scale (uniform on that scale)."""
+        assert self.low is not None and self.high is not None
+        if self.scale == "linear":
+            x = self.low + u * (self.high - self.low)
+        elif self.scale == "log":
+            a, b = math.log10(self.low), math.log10(self.high)
+            x = 10.0 ** (a + u * (b - a))
+        else:  # log1m: log10(1 - x) is uniform, so 1 - x is log-uniform on [1 - high, 1 - low]
+            a, b = math.log10(1.0 - self.high), math.log10(1.0 - self.low)
+            x = 1.0 - 10.0 ** (a + u * (b - a))
+        x = np.clip(x, self.low, self.high)
+        if self.type == "int":
+            x = np.clip(np.rint(x), self.low, self.high)
+        return x
+
+
+def default_space() -> dict[str, Param]:
+    """The paper's search space plus the forget-gate bias."""
+    return {
+        "learning_rate": Param(type="float", scale="log", low=1e-6, high=1e-2),
+        "hidden_size": Param(type="int", scale="log", low=20, high=200),
+        "momentum": Param(type="float", scale="log1m", low=0.0, high=0.99),
+        "input_noise": Param(type="float", scale="linear", low=0.0, high=1.0),
+        "forget_bias": Param(type="float", scale="linear", low=0.0, high=5.0),
+    }
+
+
+class DatasetSpec(_Model):
+    """The dataset name and the options `sweep.datasets.load_dataset` takes (e.g. `path`)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: str
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        if name not in DATASETS:
+            raise ValueError(f"unknown dataset {name!r} (known: {', '.join(DATASETS)})")
+        return name
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class TrainingSpec(_Model):
+    """The training budget and the settings every trial shares."""
+
+    max_epochs: int = Field(150, ge=1)
+    patience: int = Field(15, ge=1)
+    batch_size: int = Field(1, ge=1)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    clip: float | None = Field(None, gt=0)
+    num_layers: int = Field(1, ge=1)
+    init: Literal["normal", "uniform", "xavier"] = "normal"
+    init_scale: float = Field(0.1, gt=0)
+    bptt: int | None = Field(None, ge=1)
+    embedding_size: int | None = Field(None, ge=1)
+    eval_batch_size: int | None = Field(None, ge=1)
+
+
+class StudySpec(_Model):
+    """A whole study: validated, normalised, and stored with the Optuna study."""
+
+    name: str = Field(min_length=1, max_length=120, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    dataset: DatasetSpec
+    variants: tuple[str, ...] = Field(default=(), validate_default=True)
+    space: dict[str, Param] = Field(default_factory=default_space)
+    trials_per_variant: int = Field(ge=1, le=100_000)
+    design: Literal["random", "sobol", "tpe"] = "random"
+    seed: int = 0
+    training: TrainingSpec = TrainingSpec()
+    metric: str = ""
+    direction: Literal["minimize", "maximize"] = "minimize"
+
+    @field_validator("variants", mode="before")
+    @classmethod
+    def _variants(cls, value: Any, info: ValidationInfo) -> Any:
+        if (info.context or {}).get("stored") and isinstance(value, list | tuple) and value:
+            # A stored spec was checked when the study was created; skip importing torch for it.
+            return tuple(value)
+        from sweep.cells import GREFF_VARIANTS, VARIANTS  # lazily: cells imports torch
+
+        if value in (None, (), [], "greff"):
+            return GREFF_VARIANTS
+        if value == "all":
+            return VARIANTS
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise ValueError('must be a list of variant names, "greff" or "all"')
+        unknown = [v for v in value if v not in VARIANTS]
+        if unknown:
+            raise ValueError(f"unknown variant {unknown[0]!r} (known: {', '.join(VARIANTS)})")
+        if len(set(value)) != len(value):
+            raise ValueError("lists a variant twice")
+        return tuple(value)
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _merge_defaults(cls, value: Any) -> Any:
+        # A spec only names what it changes; the rest of the paper's space stays.
+        if not isinstance(value, dict):
+            return value
+        unknown = [k for k in value if k not in SEARCHABLE]
+        if unknown:
+            raise ValueError(f"unknown hyperparameter {unknown[0]!r} (known: {', '.join(SEARCHABLE)})")
+        merged: dict[str, Any] = {k: p.model_dump() for k, p in default_space().items()}
+        for key, entry in value.items():
+            if isinstance(entry, dict):
+                # Fields not given keep the default's (e.g. momentum's log1m scale); a value fixes it.
+                base = merged.get(key, {"type": SEARCHABLE[key]})
+                base = {"type": base["type"]} if "value" in entry else {**base, "value": None}
+                entry = {**base, **entry}
+            merged[key] = entry
+        return merged
+
+    @model_validator(mode="after")
+    def _normalise(self) -> StudySpec:
+        for key, param in self.space.items():
+            if param.type != SEARCHABLE[key]:
+                raise SpecFieldError(f"space.{key}.type", f"must be {SEARCHABLE[key]!r}")
+        if not self.metric:
+            object.__setattr__(self, "metric", DEFAULT_METRICS[self.dataset.name])
+        if self.dataset.name in ("ptb", "char") and "path" not in self.dataset.options:
+            raise SpecFieldError("dataset.path", f"is required for the {self.dataset.name!r} dataset")
+        return self
+
+    @property
+    def searched(self) -> list[str]:
+        """Names of the searched (not fixed) parameters, in a stable order."""
+        return sorted(k for k, p in self.space.items() if not p.fixed)
+
+    @property
+    def fixed(self) -> dict[str, float]:
+        return {k: p.value for k, p in self.space.items() if p.value is not None}
+
+    def normalised(self) -> dict[str, Any]:
+        """The JSON-able dict stored with the study."""
+        return self.model_dump(mode="json")
+
+
+def _format_error(source: str, exc: ValidationError) -> str:
+    err = exc.errors(include_url=False)[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    original = (err.get("ctx") or {}).get("error")
+    if isinstance(original, SpecFieldError):
+        # The root model's own checks name full paths; a Param's name a sub-field of its location.
+        field = original.field if original.field.count(".") or not loc else f"{loc}.{original.field}"
+        return f"spec {source}: {field} {original.message}"
+    if err["type"] == "extra_forbidden":
+        return f"spec {source}: {loc} is not a known field"
+    if err["type"] == "missing":
+        return f"spec {source}: {loc} is required"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    msg = msg[:1].lower() + msg[1:]
+    return f"spec {source}: {loc}: {msg}" if loc else f"spec {source}: {msg}"
+
+
+def parse_spec(data: dict[str, Any], source: str = "<dict>", stored: bool = False) -> StudySpec:
+    """Validate a spec given as a dict; `stored=True` for the normalised form kept with a study."""
+    try:
+        return StudySpec.model_validate(data, context={"stored": stored})
+    except ValidationError as exc:
+        raise OdysseyError(_format_error(source, exc)) from None
+
+
+def load_spec(path: str | Path) -> StudySpec:
+    """Read and validate a TOML study spec; problems raise a one-line `OdysseyError`."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise OdysseyError(f"spec {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise OdysseyError(f"spec {path}: cannot read ({type(exc).__name__})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise OdysseyError(f"spec {path}: invalid TOML: {exc}") from None
+    return parse_spec(data, str(path))
+
+
+def design_points(spec: StudySpec) -> list[dict[str, float | int]]:
+    """The paired design: `trials_per_variant` points of the searched space (random or scrambled Sobol),
+    each with the fixed values added; every variant trains on the same points."""
+    names = spec.searched
+    n = spec.trials_per_variant
+    if spec.design == "sobol" and names:
+        from scipy.stats import qmc
+
+        with warnings.catch_warnings():
+            # Sobol is balanced only for powers of two; any n still covers the space better than random.
+            warnings.simplefilter("ignore", UserWarning)
+            unit = qmc.Sobol(d=len(names), scramble=True, seed=spec.seed).random(n)
+    else:
+        unit = np.random.default_rng(spec.seed).random((n, len(names)))
+    columns = {name: spec.space[name].from_unit(unit[:, j]) for j, name in enumerate(names)}
+    points: list[dict[str, float | int]] = []
+    for i in range(n):
+        point: dict[str, float | int] = {}
+        for name in names:
+            v = columns[name][i]
+            point[name] = int(v) if spec.space[name].type == "int" else float(v)
+        for name, value in spec.fixed.items():
+            point[name] = int(value) if spec.space[name].type == "int" else float(value)
+        points.append(point)
+    return points

@@ -1,0 +1,508 @@
+"""Workers: pull waiting trials from the storage and run them until the study is done.
+
+Exactly-once: a trial is claimed by Optuna's atomic WAITING -> RUNNING transition
+(`RDBStorage.set_trial_state_values`, a row lock on PostgreSQL, a write transaction on SQLite), so two
+workers never run the same trial and nothing beyond the enqueued design is ever created.
+
+Crashes: a running trial's heartbeat is written every `heartbeat_interval` seconds. Any worker that finds
+a trial without a heartbeat for `grace_period` seconds fails it and re-queues a copy with the same
+parameters and user attrs (`odyssey_slot` included) through Optuna's RetryHeartbeatStaleTrialCallback;
+the results row goes back to `waiting`. After `max_retries` losses the slot is recorded as failed.
+
+Stopping: the first SIGTERM/SIGINT stops the running trial at its next epoch boundary, re-queues it and
+exits 0; a second one interrupts at once (the trial is still re-queued).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import signal
+import socket
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+import sqlalchemy as sa
+from optuna.distributions import FloatDistribution, IntDistribution
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from storage import results
+from storage.engine import get_engine, with_retry
+from storage.errors import OdysseyError
+from storage.urls import resolve_url
+from sweep.objective import Objective, Outcome, TrialContext, TrialInterrupted, resolve_objective
+from sweep.spec import StudySpec
+from sweep.study import (
+    SEED_ATTR,
+    SLOT_ATTR,
+    SPEC_ATTR,
+    VARIANT_ATTR,
+    VARIANT_PARAM,
+    distributions,
+    load_optuna_study,
+    open_storage,
+    stored_spec,
+)
+
+log = logging.getLogger("odyssey.worker")
+
+DIVERGED_ATTR = "odyssey_diverged"
+# Claim among this many waiting trials in random order, so many workers rarely contend for one row.
+CLAIM_WINDOW = 32
+# Consecutive failed trials after which a worker gives up (e.g. the data file is unreadable).
+MAX_CONSECUTIVE_FAILURES = 3
+
+
+@dataclass
+class WorkerConfig:
+    """How one worker process runs."""
+
+    url: str
+    study: str | None = None
+    device: str = "cpu"
+    forever: bool = False
+    heartbeat_interval: int = 10
+    grace_period: int = 60
+    max_retries: int = 3
+    poll_interval: float = 2.0
+    objective: str | None = None
+    threads: int | None = None
+    label: str = ""  # shown in log lines when several workers share a terminal
+    host: str = field(default_factory=socket.gethostname)
+
+
+class _StopWorker(Exception):
+    """The worker was asked to stop."""
+
+
+class _RequeueStale(RetryHeartbeatStaleTrialCallback):
+    """Optuna's retry callback plus the results row: back to waiting, or failed after max retries."""
+
+    def __init__(self, url: str, max_retries: int) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            super().__init__(max_retry=max_retries)
+        self.url = url
+        self.max_retries = max_retries
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        slot = trial.user_attrs.get(SLOT_ATTR)
+        history = [*trial.system_attrs.get("retry_history", []), trial.number]
+        # Retried here: once fail_stale_trials has failed the trial, nothing would find it again.
+        with_retry(lambda: super(_RequeueStale, self).__call__(study, trial), self.url,
+                   what="re-queue a lost trial")
+        if slot is None:
+            return
+        if len(history) > self.max_retries:
+            log.error("trial %d (slot %d) lost its worker %d times; recorded as failed",
+                      trial.number, slot, len(history))
+            results.record_trial_finished(self.url, study.study_name, slot, "failed",
+                                          {"error": f"worker lost {len(history)} times (no heartbeat)"})
+        else:
+            log.warning("trial %d (slot %d, %s) lost its worker (no heartbeat); re-queued",
+                        trial.number, slot, trial.user_attrs.get(VARIANT_ATTR))
+            results.record_trial_requeued(self.url, study.study_name, slot)
+
+
+class _Heartbeat:
+    """Writes a trial's heartbeat every interval from a thread; a failed write is retried next beat."""
+
+    def __init__(self, storage: Any, trial_id: int, interval: float) -> None:
+        self.storage, self.trial_id, self.interval = storage, trial_id, interval
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{trial_id}", daemon=True)
+
+    def _run(self) -> None:
+        while not self._done.wait(self.interval):
+            try:
+                self.storage.record_heartbeat(self.trial_id)
+            except Exception as exc:  # a database outage: the next beat tries again
+                log.warning("heartbeat of trial id %d failed (%s); retrying", self.trial_id,
+                            type(exc).__name__)
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+
+@dataclass
+class _Target:
+    study: optuna.Study
+    study_id: int
+    spec: StudySpec
+
+
+def _suggest(trial: optuna.Trial, name: str, dist: Any) -> Any:
+    if isinstance(dist, IntDistribution):
+        return trial.suggest_int(name, dist.low, dist.high, log=dist.log)
+    if isinstance(dist, FloatDistribution):
+        return trial.suggest_float(name, dist.low, dist.high, log=dist.log)
+    return trial.suggest_categorical(name, dist.choices)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+class Worker:
+    """One worker: claims waiting trials, runs the objective, records results, until nothing is left."""
+
+    def __init__(self, config: WorkerConfig, stop: threading.Event | None = None) -> None:
+        self.config = config
+        self.url = resolve_url(config.url)
+        self.stop = stop or threading.Event()
+        self.objective: Objective = resolve_objective(config.objective)
+        self.storage = open_storage(
+            self.url,
+            heartbeat_interval=config.heartbeat_interval,
+            grace_period=config.grace_period,
+            failed_trial_callback=_RequeueStale(self.url, config.max_retries),
+        )
+        self.engine = get_engine(self.url)
+        self.trials_run = 0
+        self._targets: dict[str, _Target] = {}
+        self._last_stale_check = 0.0
+        self._failures = 0
+        self._prefix = f"[{config.label}] " if config.label else ""
+
+    # ------------------------------------------------------------------------------------ studies
+
+    def _target(self, name: str) -> _Target:
+        if name not in self._targets:
+            study = load_optuna_study(self.url, name, self.storage)
+            spec = stored_spec(study)
+            if spec is None:
+                raise OdysseyError(f"study {name!r} was not created by `odyssey study create` (no spec)")
+            study_id = with_retry(lambda: self.storage.get_study_id_from_name(name), self.url)
+            self._targets[name] = _Target(study, study_id, spec)
+        return self._targets[name]
+
+    def _targets_now(self) -> list[_Target]:
+        if self.config.study:
+            return [self._target(self.config.study)]
+        summaries = with_retry(
+            lambda: optuna.get_all_study_summaries(self.storage, include_best_trial=False), self.url,
+            what="list studies")
+        return [self._target(s.study_name) for s in summaries if SPEC_ATTR in s.user_attrs]
+
+    # ----------------------------------------------------------------------------------- claiming
+
+    def _counts(self, target: _Target) -> dict[str, int]:
+        # Counting through Optuna would load every trial; one grouped query on its table is enough.
+        query = sa.text("SELECT state, COUNT(*) FROM trials WHERE study_id = :s GROUP BY state")
+
+        def read() -> dict[str, int]:
+            with self.engine.connect() as conn:
+                return {str(state): int(n) for state, n in conn.execute(query, {"s": target.study_id})}
+
+        return with_retry(read, self.url, what="count trials")
+
+    def _candidates(self, target: _Target) -> list[int]:
+        query = sa.text(
+            "SELECT trial_id FROM trials WHERE study_id = :s AND state = 'WAITING' ORDER BY number LIMIT :n"
+        )
+
+        def read() -> list[int]:
+            with self.engine.connect() as conn:
+                return [int(r[0]) for r in conn.execute(query, {"s": target.study_id, "n": CLAIM_WINDOW})]
+
+        return with_retry(read, self.url, what="list waiting trials")
+
+    def _claim(self, target: _Target) -> FrozenTrial | None:
+        """Atomically move one waiting trial to RUNNING; None when none is waiting."""
+        while True:
+            ids = self._candidates(target)
+            if not ids:
+                return None
+            random.shuffle(ids)
+            for trial_id in ids:
+                try:
+                    won = with_retry(
+                        lambda tid=trial_id: self.storage.set_trial_state_values(tid, TrialState.RUNNING),
+                        self.url, what="claim a trial")
+                except UpdateFinishedTrialError:
+                    continue
+                if won:
+                    # A heartbeat at once, so even a worker killed right now has its trial re-queued.
+                    with_retry(lambda tid=trial_id: self.storage.record_heartbeat(tid), self.url,
+                               what="record a heartbeat")
+                    return with_retry(lambda tid=trial_id: self.storage.get_trial(tid), self.url)
+
+    def _check_stale(self, target: _Target, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_stale_check < self.config.heartbeat_interval:
+            return
+        self._last_stale_check = now
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            with_retry(lambda: optuna.storages.fail_stale_trials(target.study), self.url,
+                       what="check for lost trials")
+
+    # ------------------------------------------------------------------------------------ running
+
+    def run(self) -> int:
+        """Run trials until every study is done (or forever); returns the number of trials run."""
+        log.info("%sworker on %s (%s) started", self._prefix, self.config.device, self.config.host)
+        try:
+            while not self.stop.is_set():
+                ran, pending = False, False
+                for target in self._targets_now():
+                    self._check_stale(target)
+                    frozen = self._claim(target)
+                    if frozen is not None:
+                        self._run_trial(target, frozen)
+                        ran = True
+                        break
+                    counts = self._counts(target)
+                    if counts.get("RUNNING", 0) or counts.get("WAITING", 0):
+                        pending = True
+                if ran:
+                    continue
+                if not pending and not self.config.forever:
+                    log.info("%snothing left to run; %d trials run by this worker", self._prefix,
+                             self.trials_run)
+                    break
+                # Others are still running trials: wait, and check whether one of them was lost.
+                if self.stop.wait(self.config.poll_interval):
+                    break
+                for target in self._targets_now():
+                    self._check_stale(target, force=True)
+        except _StopWorker:
+            pass
+        if self.stop.is_set():
+            log.info("%sstopped; %d trials run by this worker", self._prefix, self.trials_run)
+        return self.trials_run
+
+    def _params(self, target: _Target, trial: optuna.Trial, frozen: FrozenTrial) -> dict[str, Any]:
+        # Designed trials carry every parameter already; tpe trials ask the sampler for the rest.
+        values = dict(frozen.params)
+        for name, dist in distributions(target.spec).items():
+            if name not in values:
+                values[name] = with_retry(lambda n=name, d=dist: _suggest(trial, n, d), self.url,
+                                          what="suggest a parameter")
+        real = {k: v for k, v in values.items() if k != VARIANT_PARAM}
+        real.update(target.spec.fixed)
+        for name, value in real.items():
+            if target.spec.space[name].type == "int":
+                real[name] = int(value)
+        return real
+
+    def _run_trial(self, target: _Target, frozen: FrozenTrial) -> None:
+        study, spec = target.study, target.spec
+        name = study.study_name
+        trial = optuna.trial.Trial(study, frozen._trial_id)
+        slot = int(frozen.user_attrs[SLOT_ATTR])
+        variant = str(frozen.user_attrs.get(VARIANT_ATTR) or frozen.params.get(VARIANT_PARAM))
+        seed = int(frozen.user_attrs.get(SEED_ATTR, spec.seed))
+        with _Heartbeat(self.storage, frozen._trial_id, self.config.heartbeat_interval):
+            params = self._params(target, trial, frozen)
+            if spec.design == "tpe":
+                # The slot's row was designed without the sampled values: add them (existing ones stay).
+                results.record_designed_trials(self.url, name, [
+                    {"slot": slot, "variant": variant, "seed": seed, "params": params}])
+            results.record_trial_started(
+                self.url, name, slot, frozen.number, self.config.host, self.config.device,
+                variant=variant, params=params, seed=seed, dataset=spec.dataset.name,
+            )
+            shown = " ".join(f"{k}={_fmt(v)}" for k, v in sorted(params.items()))
+            log.info("%sstart  trial %d slot %d %s %s on %s", self._prefix, frozen.number, slot, variant,
+                     shown, self.config.device)
+            ctx = TrialContext(self.url, name, spec, slot, frozen.number, variant, params, seed,
+                               self.config.device, self.stop)
+            started = time.monotonic()
+            try:
+                outcome = self.objective(ctx)
+            except (TrialInterrupted, KeyboardInterrupt):
+                self._requeue(study, frozen, slot)
+                raise _StopWorker() from None
+            except Exception as exc:
+                self._fail(study, trial, frozen, slot, exc)
+                return
+            self._finish(study, trial, frozen, slot, outcome, time.monotonic() - started)
+
+    def _tell(self, study: optuna.Study, trial: optuna.Trial, **kwargs: Any) -> None:
+        try:
+            with_retry(lambda: study.tell(trial, **kwargs), self.url, what="record the trial in Optuna")
+        except (UpdateFinishedTrialError, ValueError) as exc:
+            # Already finished: an earlier attempt of this call committed before the connection dropped,
+            # or another worker judged this trial lost (its retry will run it again).
+            log.warning("%strial %d was already finished in Optuna (%s)", self._prefix, trial.number,
+                        str(exc).splitlines()[0][:120])
+
+    def _finish(self, study: optuna.Study, trial: optuna.Trial, frozen: FrozenTrial, slot: int,
+                outcome: Outcome, seconds: float) -> None:
+        result = dict(outcome.result)
+        result["diverged"] = outcome.state == "diverged"
+        # Results first: a crash before the Optuna tell leaves a stale trial that is simply re-run.
+        results.record_trial_finished(self.url, study.study_name, slot, outcome.state, result,
+                                      trial_number=frozen.number)
+        value = outcome.value
+        if value is not None and math.isfinite(value):
+            if outcome.state == "diverged":
+                with_retry(lambda: trial.set_user_attr(DIVERGED_ATTR, True), self.url)
+            self._tell(study, trial, values=value)
+        else:
+            self._tell(study, trial, state=TrialState.FAIL)
+        self._failures = 0
+        self.trials_run += 1
+        spec = self._targets[study.study_name].spec
+        log.info("%sfinish trial %d slot %d %s %s %s=%s in %.1fs", self._prefix, frozen.number, slot,
+                 frozen.user_attrs.get(VARIANT_ATTR), outcome.state, spec.metric,
+                 _fmt(value) if value is not None else "none", seconds)
+
+    def _fail(self, study: optuna.Study, trial: optuna.Trial, frozen: FrozenTrial, slot: int,
+              exc: Exception) -> None:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if not isinstance(exc, OdysseyError):
+            message = f"{type(exc).__name__}: {message}"
+            log.exception("%strial %d slot %d raised", self._prefix, frozen.number, slot)
+        results.record_trial_finished(self.url, study.study_name, slot, "failed", {"error": message},
+                                      trial_number=frozen.number)
+        self._tell(study, trial, state=TrialState.FAIL)
+        self.trials_run += 1
+        self._failures += 1
+        log.error("%sfailed trial %d slot %d: %s", self._prefix, frozen.number, slot, message)
+        if self._failures >= MAX_CONSECUTIVE_FAILURES:
+            raise OdysseyError(f"{self._failures} trials in a row failed (last: {message}); worker stops")
+
+    def _requeue(self, study: optuna.Study, frozen: FrozenTrial, slot: int) -> None:
+        """Put an interrupted trial back: a waiting copy with the same parameters, the original failed."""
+        # The copy first: a crash in between can at worst run the slot twice, never lose it.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retry = RetryHeartbeatStaleTrialCallback()
+        with_retry(lambda: retry(study, frozen), self.url, what="re-queue the trial")
+        self._tell(study, optuna.trial.Trial(study, frozen._trial_id), state=TrialState.FAIL)
+        results.record_trial_requeued(self.url, study.study_name, slot)
+        log.info("%sinterrupted trial %d slot %d: re-queued", self._prefix, frozen.number, slot)
+
+
+# ---------------------------------------------------------------------------------- processes
+
+
+def _install_signal_handlers(stop: threading.Event, label: str = "", sigint: bool = True) -> None:
+    prefix = f"[{label}] " if label else ""
+
+    def handler(signum: int, _frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt()
+        log.info("%s%s received: finishing at the next epoch boundary and re-queueing the running trial",
+                 prefix, signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    # A spawned worker ignores Ctrl-C (sent to the whole process group): its parent forwards SIGTERM.
+    signal.signal(signal.SIGINT, handler if sigint else signal.SIG_IGN)
+
+
+def _set_threads(config: WorkerConfig) -> None:
+    if config.threads:
+        os.environ["OMP_NUM_THREADS"] = str(config.threads)
+        if (config.objective or os.environ.get("ODYSSEY_OBJECTIVE") or "train") == "train":
+            import torch
+
+            torch.set_num_threads(config.threads)
+
+
+def run_worker(config: WorkerConfig, sigint: bool = True) -> int:
+    """Run one worker in this process with signal handling; returns the number of trials run."""
+    stop = threading.Event()
+    _install_signal_handlers(stop, config.label, sigint)
+    _set_threads(config)
+    return Worker(config, stop).run()
+
+
+def _die_with_parent() -> None:
+    # Linux: ask for SIGTERM when the parent dies (even by SIGKILL), so no orphan keeps a trial.
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _child_main(config: WorkerConfig, log_level: int) -> None:
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(message)s")
+    _die_with_parent()
+    if os.getppid() == 1:
+        return
+    try:
+        run_worker(config, sigint=False)
+    except OdysseyError as exc:
+        log.error("[%s] error: %s", config.label, exc)
+        raise SystemExit(1) from None
+
+
+def resolve_devices(devices: str, objective: str | None = None) -> list[str]:
+    """`auto` (every CUDA device, else cpu), `cpu`, or a comma-separated list such as `cuda:0,cuda:1`."""
+    devices = devices.strip()
+    if devices == "auto":
+        name = objective or os.environ.get("ODYSSEY_OBJECTIVE") or "train"
+        if name == "train":
+            import torch
+
+            if torch.cuda.is_available():
+                return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+        return ["cpu"]
+    out = [d.strip() for d in devices.split(",") if d.strip()]
+    for device in out:
+        if device != "cpu" and not (device.startswith("cuda") or device == "mps"):
+            raise OdysseyError(f"unknown device {device!r} (use auto, cpu, cuda:N or a comma-separated list)")
+    if not out:
+        raise OdysseyError("no device given (use auto, cpu, cuda:N or a comma-separated list)")
+    return out
+
+
+def run_workers(config: WorkerConfig, devices: list[str], jobs_per_device: int = 1) -> int:
+    """Run `jobs_per_device` workers per device: in this process for one slot, else one spawned process
+    per slot (signals forwarded). Returns the exit status: 0 when every worker finished cleanly."""
+    if jobs_per_device < 1:
+        raise OdysseyError("--jobs-per-device must be at least 1")
+    slots = [d for d in devices for _ in range(jobs_per_device)]
+    cpu_slots = sum(1 for d in slots if d == "cpu")
+    threads = config.threads or max(1, (os.cpu_count() or 1) // max(1, cpu_slots))
+    if len(slots) == 1:
+        config.device = slots[0]
+        config.threads = threads if slots[0] == "cpu" else config.threads
+        run_worker(config)
+        return 0
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    procs = []
+    for i, device in enumerate(slots):
+        child = WorkerConfig(**{**config.__dict__, "device": device, "label": f"w{i} {device}",
+                                "threads": threads if device == "cpu" else config.threads})
+        proc = ctx.Process(target=_child_main, args=(child, logging.getLogger().level), daemon=False)
+        proc.start()
+        procs.append(proc)
+    log.info("started %d workers on %s", len(procs), ", ".join(sorted(set(slots))))
+
+    def forward(signum: int, _frame: Any) -> None:
+        for proc in procs:
+            if proc.is_alive() and proc.pid is not None:
+                os.kill(proc.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for proc in procs:
+        proc.join()
+    bad = [p for p in procs if p.exitcode != 0]
+    if bad:
+        log.error("%d of %d workers exited with an error", len(bad), len(procs))
+        return 1
+    return 0

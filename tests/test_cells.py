@@ -1,0 +1,470 @@
+"""The recurrent cells follow the equations of docs/variants.md, in both the fast and the reference paths."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.func import functional_call
+
+from storage.errors import OdysseyError
+from sweep.cells import GREFF_VARIANTS, VARIANTS, detach_state, make_recurrent
+
+torch.set_num_threads(1)
+DT = torch.float64
+M, N = 3, 4  # input and hidden sizes used by most tests
+
+
+def build(variant: str, reference: bool = False, seed: int = 0, **kw) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    kw.setdefault("forget_bias", 0.5)
+    kw.setdefault("init_scale", 0.5)  # larger than the paper's 0.1 so that every term matters numerically
+    return make_recurrent(variant, kw.pop("input_size", M), N, **kw).to(DT).set_reference(reference)
+
+
+def randn(*shape: int, seed: int = 1) -> torch.Tensor:
+    return torch.randn(*shape, dtype=DT, generator=torch.Generator().manual_seed(seed))
+
+
+def rand_state(model, batch: int, seed: int = 2) -> tuple[torch.Tensor, ...]:
+    return tuple(
+        randn(model.num_layers, batch, k, seed=seed + j) * 0.5 for j, k in enumerate(model.state_sizes)
+    )
+
+
+def run_and_grad(model, x, lengths=None, state=None):
+    """Outputs, final state and the gradients (x, state, params) of a loss touching all of them."""
+    x = x.clone().requires_grad_(True)
+    state = tuple(s.clone().requires_grad_(True) for s in state) if state is not None else None
+    y, final = model(x, lengths, state)
+    weights = randn(*y.shape, seed=7)
+    loss = (y * weights).sum() + sum((s * s).sum() for s in final)
+    inputs = [x, *(state or ()), *model.parameters()]
+    grads = torch.autograd.grad(loss, inputs)
+    return y, final, grads
+
+
+def assert_close(a, b, tol=1e-10):
+    if isinstance(a, (tuple, list)):
+        assert len(a) == len(b)
+        for u, v in zip(a, b, strict=True):
+            assert_close(u, v, tol)
+        return
+    torch.testing.assert_close(a, b, atol=tol, rtol=tol)
+
+
+def layer_params(model) -> dict[str, torch.Tensor]:
+    return dict(model.layers[0].named_parameters())
+
+
+def gate_rows(model, gate: str) -> slice:
+    layer = model.layers[0]
+    k = layer.spec.gates.index(gate)
+    return slice(k * N, (k + 1) * N)
+
+
+def copy_gates(dst, src) -> None:
+    """Copy every gate block (by name) and peephole that both LSTM-family models have from src to dst."""
+    d, s = dst.layers[0], src.layers[0]
+    with torch.no_grad():
+        for gate in d.spec.gates:
+            if gate in s.spec.gates:
+                for name in ("weight_ih", "weight_hh", "bias"):
+                    getattr(d, name)[gate_rows(dst, gate)] = getattr(s, name)[gate_rows(src, gate)]
+        for k, gate in enumerate(d.spec.peephole_gates):
+            if gate in s.spec.peephole_gates:
+                d.peephole[k] = s.peephole[s.spec.peephole_gates.index(gate)]
+
+
+# --------------------------------------------------------------------------- API and parameters
+
+
+def test_variant_lists() -> None:
+    assert GREFF_VARIANTS == ("V", "NIG", "NFG", "NOG", "NIAF", "NOAF", "NP", "CIFG", "FGR")
+    assert (*GREFF_VARIANTS, "GRU", "PLSTM") == VARIANTS
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"variant": "LSTMX"}, "unknown variant 'LSTMX'"),
+        ({"init": "orthogonal"}, "unknown init scheme 'orthogonal'"),
+        ({"init_scale": -1.0}, "init_scale"),
+        ({"hidden_size": 0}, "hidden_size"),
+        ({"num_layers": 0}, "num_layers"),
+        ({"forget_bias": math.nan}, "forget_bias"),
+    ],
+)
+def test_bad_configuration_raises_one_line_error(kwargs, message) -> None:
+    args = {"variant": "V", "input_size": 3, "hidden_size": 4} | kwargs
+    with pytest.raises(OdysseyError, match=message) as info:
+        make_recurrent(**args)
+    assert "\n" not in str(info.value)
+
+
+def test_bad_inputs_raise() -> None:
+    model = build("V")
+    x = randn(2, 5, M)
+    with pytest.raises(OdysseyError, match="lengths"):
+        model(x, torch.tensor([5, 0]))
+    with pytest.raises(OdysseyError, match="lengths"):
+        model(x, torch.tensor([6, 2]))
+    with pytest.raises(OdysseyError, match="input of shape"):
+        model(randn(2, 5, M + 1))
+    with pytest.raises(OdysseyError, match="state"):
+        model(x, None, (torch.zeros(1, 3, N, dtype=DT),) * 2)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_parameter_counts_leave_out_unused_parameters(variant: str) -> None:
+    per_gate = N * (M + N + 1)  # W, R and b of one gate block
+    expected = {
+        "V": 4 * per_gate + 3 * N,
+        "NIG": 3 * per_gate + 2 * N,
+        "NFG": 3 * per_gate + 2 * N,
+        "NOG": 3 * per_gate + 2 * N,
+        "NIAF": 4 * per_gate + 3 * N,
+        "NOAF": 4 * per_gate + 3 * N,
+        "NP": 4 * per_gate,
+        "CIFG": 3 * per_gate + 2 * N,
+        "FGR": 4 * per_gate + 3 * N + 9 * N * N,
+        "GRU": 3 * per_gate + N,  # plus b_hn, which sits inside the reset product
+        "PLSTM": 4 * per_gate,
+    }[variant]
+    model = build(variant)
+    assert model.num_parameters() == expected
+    assert model.num_parameters() == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_forget_bias_initialisation(variant: str) -> None:
+    model = build(variant, forget_bias=2.5, num_layers=2)
+    for layer in model.layers:
+        bias = layer.bias.detach()
+        if variant == "GRU":
+            hot = slice(N, 2 * N)  # update gate (torch order r, u, n)
+        elif variant == "PLSTM":
+            hot = slice(N, 2 * N)  # blocks i, f, s~, o
+        elif variant == "NFG":
+            assert torch.all(bias == 0)
+            continue
+        elif variant == "CIFG":
+            hot = gate_rows(model, "i")
+        else:
+            hot = gate_rows(model, "f")
+        expect = torch.zeros_like(bias)
+        expect[hot] = -2.5 if variant == "CIFG" else 2.5
+        assert torch.equal(bias, expect)
+
+
+@pytest.mark.parametrize("init", ["normal", "uniform", "xavier"])
+def test_init_schemes(init: str) -> None:
+    torch.manual_seed(0)
+    model = make_recurrent("V", 50, 100, init=init, init_scale=0.1)
+    w = model.layers[0].weight_hh.detach()
+    if init == "normal":
+        assert abs(w.std().item() - 0.1) < 0.005 and abs(w.mean().item()) < 0.005
+    elif init == "uniform":
+        assert w.abs().max() <= 0.1 and w.abs().max() > 0.099
+    else:
+        bound = math.sqrt(6 / (100 + 100))  # one gate block is 100 x 100
+        assert w.abs().max() <= bound and w.abs().max() > 0.99 * bound
+
+
+def test_determinism() -> None:
+    x = randn(2, 5, M)
+    for variant in VARIANTS:
+        a, b = build(variant, seed=3), build(variant, seed=3)
+        assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+        ya, yb = a(x)[0], b(x)[0]
+        assert torch.equal(ya, yb) and torch.equal(ya, a(x)[0])
+        other = build(variant, seed=4).parameters()
+        assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), other, strict=True))
+
+
+# --------------------------------------------------------------------------- the equations
+
+
+def test_np_equals_torch_lstm_outputs_and_gradients() -> None:
+    torch.manual_seed(0)
+    ref = torch.nn.LSTM(M, N, batch_first=True).to(DT)
+    x, h0, c0 = randn(3, 6, M), randn(1, 3, N, seed=2), randn(1, 3, N, seed=3)
+    for reference in (False, True):
+        model = build("NP", reference)
+        layer = model.layers[0]
+        with torch.no_grad():
+            layer.weight_ih.copy_(ref.weight_ih_l0)
+            layer.weight_hh.copy_(ref.weight_hh_l0)
+            layer.bias.copy_(ref.bias_ih_l0 + ref.bias_hh_l0)
+        y, (h, c) = model(x, None, (h0, c0))
+        y_ref, (h_ref, c_ref) = ref(x, (h0, c0))
+        assert_close((y, h, c), (y_ref, h_ref, c_ref))
+        g = torch.autograd.grad(y.pow(2).sum() + c.sum(), [layer.weight_ih, layer.weight_hh, layer.bias])
+        g_ref = torch.autograd.grad(
+            y_ref.pow(2).sum() + c_ref.sum(), [ref.weight_ih_l0, ref.weight_hh_l0, ref.bias_ih_l0]
+        )
+        assert_close(g, g_ref)
+
+
+@pytest.mark.parametrize("reference", [False, True])
+def test_v_with_zero_peepholes_equals_np(reference: bool) -> None:
+    v, np_ = build("V", reference), build("NP", reference, seed=5)
+    copy_gates(np_, v)
+    with torch.no_grad():
+        v.layers[0].peephole.zero_()
+    x, state = randn(2, 5, M), rand_state(v, 2)
+    assert_close(run_and_grad(v, x, None, state)[:2], run_and_grad(np_, x, None, state)[:2])
+    # the gradients of the shared weights agree too
+    gv, gn = run_and_grad(v, x, None, state)[2], run_and_grad(np_, x, None, state)[2]
+    assert_close(gv[:6], gn[:6])  # x, h0, c0, weight_ih, weight_hh, bias
+
+
+@pytest.mark.parametrize("variant", ["NIG", "NFG", "NOG"])
+@pytest.mark.parametrize("reference", [False, True])
+def test_removed_gate_equals_saturated_gate(variant: str, reference: bool) -> None:
+    """Removing a gate is V with that gate's pre-activation forced to +infinity (sigma = 1 exactly)."""
+    gate = {"NIG": "i", "NFG": "f", "NOG": "o"}[variant]
+    v, cut = build("V", reference), build(variant, reference, seed=5)
+    copy_gates(cut, v)
+    with torch.no_grad():
+        v.layers[0].bias[gate_rows(v, gate)] = 1e4
+    x, state = randn(2, 5, M), rand_state(v, 2)
+    yv, sv, gv = run_and_grad(v, x, None, state)
+    yc, sc, gc = run_and_grad(cut, x, None, state)
+    assert_close((yv, sv), (yc, sc))
+    assert_close(gv[:3], gc[:3])  # gradients to x and the initial state
+    names_v = [n for n, _ in v.layers[0].named_parameters()]
+    for name, grad in zip([n for n, _ in cut.layers[0].named_parameters()], gc[3:], strict=True):
+        full = gv[3 + names_v.index(name)]
+        if name == "peephole":
+            keep = [v.layers[0].spec.peephole_gates.index(g) for g in cut.layers[0].spec.peephole_gates]
+            assert_close(full[keep], grad)
+        else:
+            rows = torch.cat([torch.arange(N * 4)[gate_rows(v, g)] for g in cut.layers[0].spec.gates])
+            assert_close(full[rows], grad)
+
+
+def oracle(params: dict, x, h, c, g=torch.tanh, act_h=torch.tanh):
+    """docs/variants.md's vanilla LSTM written out with pluggable g and h; blocks in order i, f, z, o."""
+    w, r, b, p = params["weight_ih"], params["weight_hh"], params["bias"], params["peephole"]
+    ys = []
+    for t in range(x.size(1)):
+        pre = (x[:, t] @ w.t() + h @ r.t() + b).split(N, 1)
+        z = g(pre[2])
+        i = torch.sigmoid(pre[0] + p[0] * c)
+        f = torch.sigmoid(pre[1] + p[1] * c)
+        c = z * i + c * f
+        o = torch.sigmoid(pre[3] + p[2] * c)
+        h = act_h(c) * o
+        ys.append(h)
+    return torch.stack(ys, 1), c
+
+
+@pytest.mark.parametrize(
+    ("variant", "acts"),
+    [
+        ("V", (torch.tanh, torch.tanh)),
+        ("NIAF", (lambda u: u, torch.tanh)),
+        ("NOAF", (torch.tanh, lambda u: u)),
+    ],
+)
+@pytest.mark.parametrize("reference", [False, True])
+def test_activations_follow_the_equations(variant: str, acts, reference: bool) -> None:
+    model = build(variant, reference)
+    x, (h0, c0) = randn(2, 6, M), rand_state(model, 2)
+    y, (h, c) = model(x, None, (h0, c0))
+    y_ref, c_ref = oracle(layer_params(model), x, h0[0], c0[0], *acts)
+    assert_close((y, c[0]), (y_ref, c_ref))
+
+
+@pytest.mark.parametrize("reference", [False, True])
+def test_cifg_forget_gate_is_one_minus_input_gate(reference: bool) -> None:
+    """f = 1 - i = sigma(-i_bar): CIFG equals V whose forget block is the negated input block."""
+    cifg, v = build("CIFG", reference), build("V", reference, seed=5)
+    copy_gates(v, cifg)
+    with torch.no_grad():
+        lv, lc = v.layers[0], cifg.layers[0]
+        for name in ("weight_ih", "weight_hh", "bias"):
+            getattr(lv, name)[gate_rows(v, "f")] = -getattr(lc, name)[gate_rows(cifg, "i")]
+        lv.peephole[1] = -lc.peephole[0]
+    x, state = randn(2, 6, M), rand_state(v, 2)
+    assert_close(run_and_grad(cifg, x, None, state)[:2], run_and_grad(v, x, None, state)[:2])
+
+
+@pytest.mark.parametrize("reference", [False, True])
+def test_fgr_with_zero_gate_recurrence_equals_v(reference: bool) -> None:
+    fgr, v = build("FGR", reference), build("V", reference, seed=5)
+    copy_gates(v, fgr)
+    with torch.no_grad():
+        fgr.layers[0].gate_weight.zero_()
+    x, (h0, c0, g0) = randn(2, 6, M), rand_state(fgr, 2)
+    yf, sf = fgr(x, None, (h0, c0, g0))
+    yv, sv = v(x, None, (h0, c0))
+    assert_close((yf, sf[:2]), (yv, sv))
+    # the fed-back gates are the previous step's (i, f, o): with them non-zero, FGR differs from V
+    with torch.no_grad():
+        fgr.layers[0].gate_weight.normal_(0, 0.5)
+    assert (fgr(x, None, (h0, c0, g0))[0] - yv).abs().max() > 1e-3
+
+
+def test_fgr_feeds_back_post_sigmoid_gates() -> None:
+    fgr = build("FGR")
+    x, state = randn(2, 4, M), rand_state(fgr, 2)
+    _, (h, c, gates) = fgr(x, None, state)
+    assert gates.shape == (1, 2, 3 * N) and bool(((gates > 0) & (gates < 1)).all())
+
+
+@pytest.mark.parametrize("kernel", ["auto", "torch", "reference"])
+def test_gru_equals_torch_gru(kernel: str) -> None:
+    torch.manual_seed(0)
+    ref = torch.nn.GRU(M, N, batch_first=True).to(DT)
+    model = build("GRU", kernel == "reference")
+    layer = model.layers[0]
+    layer.torch_kernel = True if kernel == "torch" else None
+    with torch.no_grad():
+        layer.weight_ih.copy_(ref.weight_ih_l0)
+        layer.weight_hh.copy_(ref.weight_hh_l0)
+        layer.bias.copy_(ref.bias_ih_l0)
+        layer.bias[: 2 * N] += ref.bias_hh_l0[: 2 * N]
+        layer.bias_hn.copy_(ref.bias_hh_l0[2 * N :])
+    x, h0 = randn(3, 5, M), randn(1, 3, N, seed=4)
+    y, (h,) = model(x, None, (h0,))
+    y_ref, h_ref = ref(x, h0)
+    assert_close((y, h), (y_ref, h_ref))
+    g = torch.autograd.grad(y.pow(2).sum(), [layer.weight_hh, layer.bias_hn])
+    g_ref = torch.autograd.grad(y_ref.pow(2).sum(), [ref.weight_hh_l0, ref.bias_hh_l0])
+    assert_close(g, (g_ref[0], g_ref[1][2 * N :]))
+    # padded batches through the same kernel
+    lengths = torch.tensor([5, 2, 3])
+    y_pad, (h_pad,) = model(x, lengths, (h0,))
+    for b, length in enumerate(lengths.tolist()):
+        y_one, h_one = ref(x[b : b + 1, :length], h0[:, b : b + 1])
+        assert_close((y_pad[b : b + 1, :length], h_pad[:, b : b + 1]), (y_one, h_one))
+
+
+@pytest.mark.parametrize("reference", [False, True])
+def test_pseudo_lstm_equations(reference: bool) -> None:
+    model = build("PLSTM", reference)
+    p = layer_params(model)
+    x, (s0,) = randn(2, 5, M), rand_state(model, 2)
+    y, (s,) = model(x, None, (s0,))
+    state, ys = s0[0], []
+    for t in range(x.size(1)):
+        u = x[:, t] @ p["weight_ih"].t() + p["bias"]
+        o = torch.sigmoid(torch.tanh(state) @ p["weight_ho"].t() + u[:, 3 * N :])
+        read = o * torch.tanh(state)
+        pre = read @ p["weight_hh"].t() + u[:, : 3 * N]
+        i, f, cand = torch.sigmoid(pre[:, :N]), torch.sigmoid(pre[:, N : 2 * N]), torch.tanh(pre[:, 2 * N :])
+        state = f * state + i * cand
+        ys.append(torch.tanh(state))
+    assert_close((y, s[0]), (torch.stack(ys, 1), state))
+
+
+# ----------------------------------------------------------------------- fast path vs reference, gradients
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_fast_path_equals_reference(variant: str) -> None:
+    fast, ref = build(variant, num_layers=2), build(variant, True, num_layers=2)
+    x, lengths, state = randn(3, 6, M), torch.tensor([6, 2, 4]), rand_state(fast, 3)
+    assert_close(run_and_grad(fast, x, lengths, state), run_and_grad(ref, x, lengths, state))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("reference", [False, True])
+def test_gradcheck(variant: str, reference: bool) -> None:
+    model = build(variant, reference, input_size=2, forget_bias=0.3)
+    names = [n for n, _ in model.named_parameters()]
+    x, lengths = randn(2, 3, 2), torch.tensor([3, 2])
+    state = rand_state(model, 2)
+    n_state = len(state)
+
+    def fn(x, *rest):
+        st, params = rest[:n_state], dict(zip(names, rest[n_state:], strict=True))
+        y, final = functional_call(model, params, (x, lengths, st))
+        return (y, *final)
+
+    inputs = (x, *state, *(p.detach() for p in model.parameters()))
+    inputs = tuple(t.clone().requires_grad_(True) for t in inputs)
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- padding, chunks, layers
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_padded_batch_equals_sequences_one_by_one(variant: str) -> None:
+    model = build(variant)
+    lengths = torch.tensor([5, 2, 4])
+    x = randn(3, 5, M)
+    x[1, 2:] = math.nan  # garbage in the padding must not leak anywhere
+    x[2, 4:] = 1e6
+    state = rand_state(model, 3)
+    y, final, grads = run_and_grad(model, x, lengths, state)
+    assert torch.isfinite(y).all() and torch.all(y[1, 2:] == 0) and torch.all(y[2, 4:] == 0)
+    assert all(torch.isfinite(g).all() for g in grads)
+    param_grads = [torch.zeros_like(p) for p in model.parameters()]
+    for b, length in enumerate(lengths.tolist()):
+        one = tuple(s[:, b : b + 1] for s in state)
+        yb, fb, gb = run_and_grad(model, x[b : b + 1, :length], None, one)
+        weights = randn(*y.shape, seed=7)[b : b + 1, :length]
+        assert_close(y[b : b + 1, :length], yb)
+        assert_close(tuple(f[:, b : b + 1] for f in final), fb)
+        # the per-sequence loss uses the same output weights as the batched one
+        yb2, fb2 = model(x[b : b + 1, :length], None, one)
+        loss = (yb2 * weights).sum() + sum((s * s).sum() for s in fb2)
+        for acc, g in zip(param_grads, torch.autograd.grad(loss, list(model.parameters())), strict=True):
+            acc += g
+    assert_close(list(grads[1 + len(state) :]), param_grads)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_state_carries_across_chunks(variant: str) -> None:
+    model = build(variant, num_layers=2)
+    x, state = randn(2, 7, M), rand_state(model, 2)
+    y_all, s_all = model(x, None, state)
+    y1, s1 = model(x[:, :3], None, state)
+    y2, s2 = model(x[:, 3:], None, s1)
+    assert_close((torch.cat([y1, y2], 1), s2), (y_all, s_all))
+    # detaching cuts the gradient to the first chunk but keeps the values
+    y3, _ = model(x[:, 3:], None, detach_state(s1))
+    assert_close(y3, y2)
+    assert all(not s.requires_grad for s in detach_state(s1))
+
+
+@pytest.mark.parametrize("variant", ["V", "NP", "GRU", "PLSTM", "FGR"])
+def test_two_layers_stack_two_single_layers(variant: str) -> None:
+    deep = build(variant, num_layers=2)
+    first, second = build(variant), build(variant, input_size=N)
+    with torch.no_grad():
+        for dst, src in ((first, deep.layers[0]), (second, deep.layers[1])):
+            for p, q in zip(dst.layers[0].parameters(), src.parameters(), strict=True):
+                p.copy_(q)
+    x, lengths = randn(3, 5, M), torch.tensor([5, 3, 1])
+    y, final = deep(x, lengths)
+    y1, f1 = first(x, lengths)
+    y2, f2 = second(y1, lengths)
+    assert y.shape == (3, 5, N) and all(s.shape[0] == 2 for s in final)
+    assert_close((y, final), (y2, tuple(torch.cat([a, b]) for a, b in zip(f1, f2, strict=True))))
+
+
+def test_float32_default_and_train_step_reduces_loss() -> None:
+    """A real use: the float32 model learns to copy a delayed input on a tiny task."""
+    torch.manual_seed(0)
+    model = make_recurrent("V", 2, 8, forget_bias=1.0)
+    head = torch.nn.Linear(8, 2)
+    params = [*model.parameters(), *head.parameters()]
+    opt = torch.optim.Adam(params, lr=0.05)
+    x = torch.randn(16, 6, 2)
+    target = torch.roll(x, 1, dims=1)
+    losses = []
+    for _ in range(40):
+        y, _ = model(x)
+        loss = torch.nn.functional.mse_loss(head(y)[:, 1:], target[:, 1:])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert y.dtype == torch.float32
+    assert losses[-1] < 0.5 * losses[0]

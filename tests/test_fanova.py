@@ -1,0 +1,294 @@
+"""fANOVA: reference numbers of the original package, exactness, known structure, categorical, errors."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.fanova import Fanova
+from storage.errors import OdysseyError
+
+REF = Path("/work/shared/fanova-ref")
+SEEDS = ("", "_seed2", "_seed3")
+
+
+# ------------------------------------------------------------------------------------------ reference
+def _reference(name: str):
+    data = pd.read_csv(REF / f"{name}.csv")
+    runs = [json.loads((REF / f"{name}{s}.json").read_text()) for s in SEEDS]
+    bounds = {d["name"]: (d["lower"], d["upper"]) for d in runs[0]["dims"]}
+    return data.drop(columns="y"), data["y"].to_numpy(), bounds, runs
+
+
+def _resolved_order(ref: dict[str, np.ndarray]) -> list[tuple[str, str]]:
+    """(higher, lower) for every two items the reference itself separates: their ranges over the
+    reference's three seeds do not overlap (closer items are ties at the reference's own noise)."""
+    out = []
+    for a, b in itertools.permutations(ref, 2):
+        if ref[a].min() > ref[b].max():
+            out.append((a, b))
+    return out
+
+
+@pytest.fixture(scope="module", params=["synthetic_additive", "synthetic_interaction"])
+def reference_case(request):
+    if not REF.is_dir():
+        pytest.skip("shared fANOVA reference data not present")
+    X, y, bounds, runs = _reference(request.param)
+    return Fanova(X, y, bounds=bounds, seed=0), X, y, runs
+
+
+def test_main_effects_match_reference(reference_case):
+    f, X, _, runs = reference_case
+    ours = f.main_effects().set_index("param")["fraction"]
+    ref = {p: np.array([r["single"][p]["individual"] for r in runs]) for p in X.columns}
+    for p, values in ref.items():
+        assert abs(ours[p] - values.mean()) <= 0.05, p
+    for hi, lo in _resolved_order(ref):
+        assert ours[hi] > ours[lo], (hi, lo)
+
+
+def test_pairs_match_reference(reference_case):
+    f, _, _, runs = reference_case
+    ours = f.interactions()
+    ours.index = ours["param_a"] + "|" + ours["param_b"]
+    ref = {k: np.array([r["pairs"][k]["individual"] for r in runs]) for k in runs[0]["pairs"]}
+    ref_total = {k: np.mean([r["pairs"][k]["total"] for r in runs]) for k in runs[0]["pairs"]}
+    assert set(ours.index) == set(ref)
+    for k, values in ref.items():
+        assert abs(ours.loc[k, "fraction"] - values.mean()) <= 0.05, k
+        assert abs(ours.loc[k, "total"] - ref_total[k]) <= 0.05, k
+    for hi, lo in _resolved_order(ref):
+        assert ours.loc[hi, "fraction"] > ours.loc[lo, "fraction"], (hi, lo)
+
+
+def test_marginals_match_reference(reference_case):
+    f, X, y, runs = reference_case
+    tolerance = 0.05 * (y.max() - y.min())
+    for p in X.columns:
+        grid = runs[0]["marginals"][p]["grid"]
+        ref = np.mean([r["marginals"][p]["mean"] for r in runs], axis=0)
+        ours = f.marginal(p, grid=grid)
+        np.testing.assert_allclose(ours["value"], grid)
+        assert np.abs(ours["mean"].to_numpy() - ref).max() <= tolerance, p
+
+
+# ------------------------------------------------------------------------------------------ exactness
+def _uniform(n: int, d: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(rng.uniform(0, 1, (n, d)), columns=[f"x{i}" for i in range(d)])
+
+
+def test_single_tree_decomposition_is_exact():
+    """Against brute force over every cell of the tree's split grid (cell midpoints weighted by area)."""
+    X = _uniform(80, 3, 1)
+    y = np.sin(4 * X.x0) * X.x1 + X.x2**2
+    f = Fanova(X, y, bounds={c: (0.0, 1.0) for c in X}, n_trees=1, seed=3, max_features=1.0)
+    tree = f.forest.estimators_[0].tree_
+    mids, widths = [], []
+    for j in range(3):
+        edges = np.unique(np.r_[0.0, tree.threshold[tree.feature == j], 1.0])
+        mids.append((edges[:-1] + edges[1:]) / 2)
+        widths.append(np.diff(edges))
+    grid = np.stack(np.meshgrid(*mids, indexing="ij"), axis=-1)
+    pred = f.forest.predict(grid.reshape(-1, 3)).reshape(grid.shape[:3])
+    w = widths[0][:, None, None] * widths[1][None, :, None] * widths[2][None, None, :]
+    mean = (w * pred).sum()
+    total = (w * (pred - mean) ** 2).sum()
+
+    def var_of(dims):
+        others = tuple(i for i in range(3) if i not in dims)
+        marg = (w * pred).sum(axis=others) / w.sum(axis=others)
+        return (w.sum(axis=others) * (marg - mean) ** 2).sum(), marg
+
+    main = f.main_effects().set_index("param")["fraction"]
+    pairs = f.interactions().set_index(["param_a", "param_b"])
+    for j in range(3):
+        v, marg = var_of((j,))
+        assert main[f"x{j}"] == pytest.approx(v / total, abs=1e-10)
+        ours = f.marginal(f"x{j}", grid=mids[j])["mean"].to_numpy()
+        np.testing.assert_allclose(ours, marg, atol=1e-10)
+    for j, k in itertools.combinations(range(3), 2):
+        v, _ = var_of((j, k))
+        row = pairs.loc[(f"x{j}", f"x{k}")]
+        assert row["total"] == pytest.approx(v / total, abs=1e-10)
+        assert row["fraction"] == pytest.approx((v - var_of((j,))[0] - var_of((k,))[0]) / total, abs=1e-10)
+    assert f.higher_order() == pytest.approx(1 - main.sum() - pairs["fraction"].sum())
+
+
+def test_main_effects_equal_optunas_on_the_same_forest():
+    optuna = pytest.importorskip("optuna")
+    X = _uniform(150, 3, 2)
+    y = (X.x0 - 0.3) ** 2 + 0.5 * X.x1 * X.x2
+    dists = {c: optuna.distributions.FloatDistribution(0.0, 1.0) for c in X}
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study()
+    study.add_trials(
+        [optuna.trial.create_trial(params=p, distributions=dists, value=float(v))
+         for p, v in zip(X.to_dict("records"), y, strict=True)]
+    )
+    evaluator = optuna.importance.FanovaImportanceEvaluator(n_trees=8, max_depth=64, seed=5)
+    theirs = evaluator.evaluate(study)
+    ours = Fanova(X, y, bounds={c: (0.0, 1.0) for c in X}, n_trees=8, seed=5, max_features=1.0)
+    main = ours.main_effects().set_index("param")["fraction"]
+    for p in X.columns:
+        assert main[p] == pytest.approx(theirs[p], abs=1e-9)
+
+
+# --------------------------------------------------------------------------------- known structure
+def test_additive_function_has_no_interaction():
+    X = _uniform(400, 3, 3)
+    y = 2 * X.x0 + np.sin(3 * X.x1)
+    f = Fanova(X, y, n_trees=16)
+    main = f.main_effects().set_index("param")["fraction"]
+    assert main["x0"] > main["x1"] > 0.1
+    assert main["x2"] < 0.02
+    assert main.sum() > 0.9
+    assert f.interactions()["fraction"].abs().max() < 0.03
+    surface = f.marginal_2d("x0", "x1", grid=12)
+    assert surface.shape == (144, 5)
+    assert surface["interaction"].abs().max() < 0.1 * np.ptp(y)
+
+
+def test_product_interaction_dominates():
+    X = _uniform(600, 3, 4)
+    y = (X.x0 - 0.5) * (X.x1 - 0.5) * 8
+    f = Fanova(X, y, n_trees=16)
+    pairs = f.interactions()
+    assert (pairs.loc[0, "param_a"], pairs.loc[0, "param_b"]) == ("x0", "x1")
+    assert pairs.loc[0, "fraction"] > 0.6
+    assert f.main_effects()["fraction"].max() < 0.1
+    surface = f.marginal_2d("x0", "x1", grid=(np.linspace(0.1, 0.9, 9), np.linspace(0.1, 0.9, 7)))
+    assert list(surface.columns) == ["x0", "x1", "mean", "std", "interaction"]
+    truth = (surface.x0 - 0.5) * (surface.x1 - 0.5) * 8
+    assert np.corrcoef(truth, surface["interaction"])[0, 1] > 0.95
+    flat = f.marginal("x0", grid=np.linspace(0.1, 0.9, 5))  # edge cells hold few points
+    assert np.ptp(flat["mean"]) < 0.1 * np.ptp(y)
+
+
+def test_categorical_factor_uses_discrete_uniform_measure():
+    rng = np.random.default_rng(5)
+    n = 500
+    # Heavily unbalanced levels: the measure must still give each level weight 1/3.
+    variant = rng.choice(["V", "NFG", "GRU"], size=n, p=[0.8, 0.1, 0.1])
+    offset = {"V": 0.0, "NFG": 3.0, "GRU": 1.5}
+    X = pd.DataFrame({"variant": variant, "lr": rng.uniform(-4, -1, n)})
+    y = np.array([offset[v] for v in variant]) + 0.1 * X.lr + rng.normal(0, 0.05, n)
+    f = Fanova(X, y, categorical=["variant"], n_trees=16)
+    main = f.main_effects().set_index("param")["fraction"]
+    assert main["variant"] > 0.9
+    by_level = f.marginal("variant").set_index("value")["mean"]
+    assert list(by_level.index) == ["GRU", "NFG", "V"]
+    expected_lr_mean = 0.1 * -2.5
+    for level, off in offset.items():
+        assert by_level[level] == pytest.approx(off + expected_lr_mean, abs=0.1)
+    lr_curve = f.marginal("lr", grid=7)["mean"]
+    assert lr_curve.mean() == pytest.approx(np.mean(list(offset.values())) + expected_lr_mean, abs=0.15)
+    assert len(f.marginal("variant", grid=["V"])) == 1
+    surface = f.marginal_2d("variant", "lr", grid=4)
+    assert len(surface) == 12 and set(surface["variant"]) == set(offset)
+    with pytest.raises(OdysseyError, match="unknown level"):
+        f.marginal("variant", grid=["LSTM"])
+
+
+def test_seeded_and_reproducible():
+    X = _uniform(200, 3, 6)
+    y = X.x0 * X.x1 + X.x2
+    a = Fanova(X, y, n_trees=8, seed=11)
+    b = Fanova(X, y, n_trees=8, seed=11, n_jobs=2)  # threads and parallel fitting change nothing
+    c = Fanova(X, y, n_trees=8, seed=12)
+    pd.testing.assert_frame_equal(a.main_effects(), b.main_effects())
+    pd.testing.assert_frame_equal(a.interactions(), b.interactions())
+    pd.testing.assert_frame_equal(a.marginal("x0", grid=9), b.marginal("x0", grid=9))
+    assert not np.allclose(a.main_effects()["fraction"], c.main_effects()["fraction"])
+
+
+def test_bounds_default_to_data_range_and_shape_the_measure():
+    X = _uniform(300, 2, 7)
+    y = np.where(X.x0 > 0.5, 1.0, 0.0) + 0.1 * X.x1
+    f = Fanova(X, y, n_trees=8)
+    assert f.bounds["x0"] == (X.x0.min(), X.x0.max())
+    grid = f.marginal("x0")
+    assert len(grid) == 100 and grid["value"].iloc[0] == X.x0.min() and grid["value"].iloc[-1] == X.x0.max()
+    # A wider domain for x1 changes nothing about x0's marginal; a wider x0 domain [0, 3] spends most
+    # of its mass on the x0 > 0.5 plateau, so the overall mean rises.
+    wide = Fanova(X, y, bounds={"x0": (0.0, 3.0)}, n_trees=8)
+    assert wide.marginal("x1", grid=3)["mean"].mean() > f.marginal("x1", grid=3)["mean"].mean() + 0.2
+
+
+def test_constant_input_is_dropped_with_a_note():
+    X = _uniform(100, 2, 8).assign(fixed=0.9)
+    y = X.x0 + X.x1**2
+    f = Fanova(X, y, n_trees=4)
+    assert f.params == ["x0", "x1"]
+    assert f.dropped == {"fixed": 0.9}
+    assert "fixed" in f.notes[0]
+    assert set(f.main_effects()["param"]) == {"x0", "x1"}
+    with pytest.raises(OdysseyError, match="'fixed' is constant"):
+        f.marginal("fixed")
+
+
+# ------------------------------------------------------------------------------------------ bad input
+def _bad_cases():
+    X = _uniform(50, 2, 9)
+    y = (X.x0 + X.x1).to_numpy()
+    nan_y = y.copy()
+    nan_y[3] = np.nan
+    inf_y = y.copy()
+    inf_y[0] = np.inf
+    nan_x = X.copy()
+    nan_x.loc[2, "x1"] = np.nan
+    text = X.assign(x1=["a"] * 50)
+    return [
+        ("nan target", dict(X=X, y=nan_y), "NaN or infinite"),
+        ("inf target", dict(X=X, y=inf_y), "NaN or infinite"),
+        ("constant target", dict(X=X, y=np.ones(50)), "target is constant"),
+        ("too few rows", dict(X=X.head(3), y=y[:3]), "at least"),
+        ("length mismatch", dict(X=X, y=y[:40]), "40 target values for 50 rows"),
+        ("nan input", dict(X=nan_x, y=y), "'x1' has 1 missing"),
+        ("text input", dict(X=text, y=y), "'x1' is not numeric"),
+        ("all constant", dict(X=X.assign(x0=1.0, x1=2.0), y=y), "every input is constant"),
+        ("data outside bounds", dict(X=X, y=y, bounds={"x0": (0.2, 0.5)}), "outside its bounds"),
+        ("reversed bounds", dict(X=X, y=y, bounds={"x0": (1.0, 0.0)}), "low < high"),
+        ("unknown bound", dict(X=X, y=y, bounds={"lr": (0.0, 1.0)}), "unknown input"),
+        ("unknown categorical", dict(X=X, y=y, categorical=["variant"]), "not columns"),
+        ("no columns", dict(X=X[[]], y=y), "at least one column"),
+        ("bad n_trees", dict(X=X, y=y, n_trees=0), "n_trees"),
+    ]
+
+
+@pytest.mark.parametrize("case", _bad_cases(), ids=lambda c: c[0])
+def test_bad_input_raises_one_line_error(case):
+    _, kwargs, message = case
+    with pytest.raises(OdysseyError, match=message) as err:
+        Fanova(**kwargs)
+    assert "\n" not in str(err.value)
+
+
+def test_bad_queries_raise():
+    X = _uniform(60, 2, 10)
+    f = Fanova(X, X.x0 - X.x1, n_trees=4)
+    with pytest.raises(OdysseyError, match="unknown input 'lr'"):
+        f.marginal("lr")
+    with pytest.raises(OdysseyError, match="at least 2 points"):
+        f.marginal("x0", grid=1)
+    with pytest.raises(OdysseyError, match="two different inputs"):
+        f.marginal_2d("x0", "x0")
+
+
+def test_single_input_explains_everything_and_numeric_levels_keep_their_order():
+    rng = np.random.default_rng(11)
+    layers = rng.choice([1, 2, 10], size=120)
+    y = np.log(layers) + rng.normal(0, 0.01, 120)
+    f = Fanova(pd.DataFrame({"layers": layers}), y, categorical="layers", n_trees=4)
+    assert f.main_effects()["fraction"].iloc[0] == pytest.approx(1.0)
+    assert f.interactions().empty and list(f.interactions().columns)[:2] == ["param_a", "param_b"]
+    assert f.higher_order() == pytest.approx(0.0, abs=1e-12)
+    curve = f.marginal("layers")
+    assert list(curve["value"]) == [1, 2, 10]
+    np.testing.assert_allclose(curve["mean"], np.log([1, 2, 10]), atol=0.05)

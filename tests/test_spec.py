@@ -1,0 +1,139 @@
+"""Study specs: TOML parsing, validation messages, the default space and the designs."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from storage.errors import OdysseyError
+from sweep.cells import GREFF_VARIANTS, VARIANTS
+from sweep.spec import design_points, load_spec, parse_spec
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def _spec(**extra: object) -> dict[str, object]:
+    return {"name": "s", "dataset": {"name": "synthetic"}, "trials_per_variant": 8, **extra}
+
+
+def _error(data: dict[str, object]) -> str:
+    with pytest.raises(OdysseyError) as info:
+        parse_spec(data, "x.toml")
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("spec x.toml: ")
+    return message
+
+
+def test_defaults_are_the_papers_space() -> None:
+    spec = parse_spec(_spec())
+    assert spec.variants == GREFF_VARIANTS
+    assert spec.metric == "mse" and spec.direction == "minimize" and spec.design == "random"
+    lr, hidden, momentum = spec.space["learning_rate"], spec.space["hidden_size"], spec.space["momentum"]
+    assert (lr.scale, lr.low, lr.high) == ("log", 1e-6, 1e-2)
+    assert (hidden.type, hidden.scale, hidden.low, hidden.high) == ("int", "log", 20, 200)
+    assert (momentum.scale, momentum.low, momentum.high) == ("log1m", 0.0, 0.99)
+    assert spec.space["input_noise"].scale == "linear"
+    assert spec.training.max_epochs == 150 and spec.training.patience == 15
+
+
+def test_partial_entry_keeps_default_fields_and_value_fixes() -> None:
+    spec = parse_spec(_spec(space={"momentum": {"high": 0.9}, "forget_bias": {"value": 1.0}}))
+    assert spec.space["momentum"].scale == "log1m" and spec.space["momentum"].high == 0.9
+    assert spec.fixed == {"forget_bias": 1.0}
+    assert "forget_bias" not in spec.searched
+
+
+def test_normalised_form_round_trips() -> None:
+    spec = parse_spec(_spec(variants=["V", "GRU"], design="sobol", seed=3))
+    stored = spec.normalised()
+    assert stored["variants"] == ["V", "GRU"]
+    assert set(stored) >= {"space", "metric", "direction", "dataset", "variants", "design"}
+    assert parse_spec(stored, stored=True) == spec
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"space": {"learning_rate": {"low": 0.0, "high": 1e-2}}},
+         "space.learning_rate.low must be > 0 for a log scale"),
+        ({"space": {"momentum": {"low": 0.0, "high": 1.0}}}, "space.momentum.high must be < 1"),
+        ({"space": {"input_noise": {"low": 1.0, "high": 0.5}}}, "space.input_noise.high must be > low"),
+        ({"space": {"hidden_size": {"low": 2.5, "high": 9}}}, "space.hidden_size.low and high must be whole"),
+        ({"space": {"lr": {"low": 1, "high": 2}}}, "unknown hyperparameter 'lr'"),
+        ({"variants": ["V", "LSTMX"]}, "unknown variant 'LSTMX' (known: V, NIG"),
+        ({"dataset": {"name": "mnist"}}, "unknown dataset 'mnist' (known: jsb, ptb, char, synthetic)"),
+        ({"dataset": {"name": "char"}}, "dataset.path is required"),
+        ({"design": "grid"}, "design: input should be 'random', 'sobol' or 'tpe'"),
+        ({"training": {"max_epochs": 0}}, "training.max_epochs: input should be greater than or equal to 1"),
+        ({"trials_per_variant": 0}, "trials_per_variant"),
+        ({"desing": "sobol"}, "desing is not a known field"),
+    ],
+)
+def test_invalid_specs_name_the_field(change: dict[str, object], expected: str) -> None:
+    assert expected in _error(_spec(**change))
+
+
+def test_missing_required_field() -> None:
+    assert "trials_per_variant is required" in _error({"name": "s", "dataset": {"name": "synthetic"}})
+
+
+def test_load_spec_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(OdysseyError, match="no such file"):
+        load_spec(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("name = 'x\n")
+    with pytest.raises(OdysseyError, match=r"bad.toml: invalid TOML"):
+        load_spec(bad)
+
+
+def test_random_and_sobol_designs_cover_the_scales() -> None:
+    for design in ("random", "sobol"):
+        spec = parse_spec(_spec(design=design, trials_per_variant=64, seed=5))
+        points = design_points(spec)
+        assert len(points) == 64
+        lr = np.array([p["learning_rate"] for p in points])
+        hidden = [p["hidden_size"] for p in points]
+        momentum = np.array([p["momentum"] for p in points])
+        assert lr.min() >= 1e-6 and lr.max() <= 1e-2
+        # log scale: about half the points below the geometric middle 1e-4
+        assert 0.3 < np.mean(lr < 1e-4) < 0.7
+        assert all(isinstance(h, int) and 20 <= h <= 200 for h in hidden)
+        # log1m: log10(1 - m) uniform on [-2, 0], so about half have momentum above 0.9
+        assert momentum.min() >= 0.0 and momentum.max() <= 0.99
+        assert 0.3 < np.mean(momentum > 0.9) < 0.7
+        assert design_points(spec) == points  # the seed fixes the design
+
+
+def test_sobol_is_more_even_than_random() -> None:
+    def spread(design: str) -> float:
+        spec = parse_spec(_spec(design=design, trials_per_variant=32, seed=0,
+                                space={"learning_rate": {"scale": "linear", "low": 0.0, "high": 1.0}}))
+        xs = np.array([p["learning_rate"] for p in design_points(spec)])
+        counts = np.histogram(xs, bins=8, range=(0, 1))[0]
+        return float(counts.max() - counts.min())
+
+    assert spread("sobol") <= 1
+    assert spread("sobol") < spread("random")
+
+
+def test_fixed_values_appear_in_every_point() -> None:
+    spec = parse_spec(_spec(space={"hidden_size": {"value": 12}}, trials_per_variant=3))
+    assert [p["hidden_size"] for p in design_points(spec)] == [12, 12, 12]
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.toml")), ids=lambda p: p.name)
+def test_examples_are_valid(path: Path) -> None:
+    spec = load_spec(path)
+    assert spec.name and set(spec.variants) <= set(VARIANTS)
+    assert all(math.isfinite(v) for p in design_points(spec)[:3] for v in p.values())
+
+
+def test_greff_example_is_the_papers_protocol() -> None:
+    spec = load_spec(EXAMPLES / "jsb-greff.toml")
+    assert spec.variants == GREFF_VARIANTS and spec.trials_per_variant == 200
+    assert spec.training.max_epochs == 150 and spec.training.patience == 15
+    assert spec.dataset.name == "jsb" and spec.design == "random"
