@@ -62,6 +62,8 @@ class Fanova:
         max_features: float | int | None = None,
     ) -> None:
         _check_settings(n_trees, max_depth, min_samples_leaf)
+        if not isinstance(X, pd.DataFrame) or X.shape[1] == 0:
+            raise OdysseyError("fANOVA: inputs must be a pandas DataFrame with at least one column")
         self.notes: list[str] = []
         self.dropped: dict[str, object] = {}
         self.y = _check_target(y, X)
@@ -88,8 +90,9 @@ class Fanova:
             n_trees, len(self.y), len(self.params), time.perf_counter() - start,
         )
         variances = np.array([t.variance for t in self._trees])
-        # As in the original, trees without variance (a bootstrap of equal targets) have no fractions.
-        self._used = np.flatnonzero(variances > 0)
+        # As in the original, trees without variance (a bootstrap of equal targets) have no fractions;
+        # the floor keeps rounding noise of a constant tree from being divided by.
+        self._used = np.flatnonzero(variances > (1e-12 * np.ptp(self.y)) ** 2)
         if not self._used.size:
             raise OdysseyError("fANOVA: every tree of the forest is constant; the target shows no variation")
         self._variance = variances[self._used]
@@ -119,8 +122,6 @@ class Fanova:
     def _prepare_inputs(
         self, X: pd.DataFrame, bounds: Mapping[str, tuple[float, float]] | None, categorical: Sequence[str]
     ) -> tuple[list[str], dict[str, list], dict[str, tuple[float, float]], np.ndarray]:
-        if not isinstance(X, pd.DataFrame) or X.shape[1] == 0:
-            raise OdysseyError("fANOVA: inputs must be a pandas DataFrame with at least one column")
         names = [str(c) for c in X.columns]
         if len(set(names)) != len(names):
             raise OdysseyError(f"fANOVA: duplicate input columns in {names}")

@@ -242,7 +242,7 @@ def curves_figure(curves: pd.DataFrame, colors: dict[str, str], metric: str) -> 
             go.Scatter(
                 x=np.concatenate([x, x[::-1]]),
                 y=np.concatenate([g["q75"].to_numpy(), g["q25"].to_numpy()[::-1]]),
-                fill="toself", fillcolor=_rgba(color, 0.15), line={"width": 0}, hoverinfo="skip",
+                fill="toself", fillcolor=_rgba(color, 0.08), line={"width": 0}, hoverinfo="skip",
                 legendgroup=variant, showlegend=False,
             )
         )  # fmt: skip

@@ -5,7 +5,7 @@
 Prints a markdown table: one row per shape, one column per variant, each cell the median (or, with
 `--stat min`, the best) time of one forward+backward batch divided by torch.nn.LSTM's (measured
 interleaved with the variants, so machine noise hits both alike); the last column is torch.nn.LSTM's
-own time in milliseconds.
+own time in milliseconds. The torch.nn.GRU column is torch's own GRU, for reference.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sweep.cells import VARIANTS, make_recurrent  # noqa: E402
+
+TORCH_GRU = "torch.nn.GRU"
 
 # (label, T, batch, input, hidden)
 SHAPES = [
@@ -44,18 +46,23 @@ def _step_fn(module: torch.nn.Module, x: torch.Tensor) -> Callable[[], None]:
     return step
 
 
-def _time(fn: Callable[[], None], device: str) -> float:
+def _time(fn: Callable[[], None], device: str, clock: Callable[[], float]) -> float:
     if device == "cuda":
         torch.cuda.synchronize()
-    start = time.perf_counter()
+    start = clock()
     fn()
     if device == "cuda":
         torch.cuda.synchronize()
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def bench_shape(
-    shape: tuple, variants: list[str], repeats: int, device: str, stat: Callable = statistics.median
+    shape: tuple,
+    variants: list[str],
+    repeats: int,
+    device: str,
+    stat: Callable = statistics.median,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> tuple[dict[str, float], float]:
     """Fwd+bwd time per variant (summarised by `stat`) over torch.nn.LSTM's, and nn.LSTM's in seconds."""
     _, steps, batch, inputs, hidden = shape
@@ -64,15 +71,17 @@ def bench_shape(
     fns = {"torch.nn.LSTM": _step_fn(torch.nn.LSTM(inputs, hidden, batch_first=True).to(device), x)}
     for v in variants:
         fns[v] = _step_fn(make_recurrent(v, inputs, hidden, forget_bias=1.0).to(device), x)
+    # shown for reference: why the GRU variant has its own CPU kernel
+    fns[TORCH_GRU] = _step_fn(torch.nn.GRU(inputs, hidden, batch_first=True).to(device), x)
     times: dict[str, list[float]] = {name: [] for name in fns}
     for fn in fns.values():  # warm up: TorchScript profiles its first calls, allocators settle
         for _ in range(3):
             fn()
     for _ in range(repeats):
         for name, fn in fns.items():
-            times[name].append(_time(fn, device))
+            times[name].append(_time(fn, device, clock))
     base = stat(times["torch.nn.LSTM"])
-    return {v: stat(times[v]) / base for v in variants}, base
+    return {v: stat(times[v]) / base for v in [*variants, TORCH_GRU]}, base
 
 
 def main() -> None:
@@ -89,24 +98,37 @@ def main() -> None:
         choices=["median", "min"],
         help="summary of the repeats (min resists other processes sharing the CPU)",
     )
+    parser.add_argument(
+        "--clock",
+        default="wall",
+        choices=["wall", "cpu"],
+        help="wall: elapsed time; cpu: this thread's CPU time (CPU device, 1 thread: ignores time other "
+        "processes take the core away)",
+    )
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated variant codes")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.clock == "cpu" and (args.device != "cpu" or args.threads != 1):
+        parser.error("--clock cpu measures the calling thread only: use it with --device cpu --threads 1")
+    clock = time.thread_time if args.clock == "cpu" else time.perf_counter
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         parser.error(f"unknown variants: {', '.join(unknown)}")
     repeats = args.repeats or (3 if args.quick else 15)
     shapes = SHAPES[::3] if args.quick else SHAPES
-    print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, "
-          f"{args.stat} of {repeats} fwd+bwd batches; cells: time / torch.nn.LSTM time")  # fmt: skip
+    print(
+        f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, {args.clock} "
+        f"clock, {args.stat} of {repeats} fwd+bwd batches; cells: time / torch.nn.LSTM time"
+    )
     print()
-    print("| shape | " + " | ".join(variants) + " | nn.LSTM ms |")
-    print("|---|" + "---:|" * (len(variants) + 1))
+    columns = [*variants, TORCH_GRU]
+    print("| shape | " + " | ".join(columns) + " | torch.nn.LSTM ms |")
+    print("|---|" + "---:|" * (len(columns) + 1))
     for shape in shapes:
         stat = min if args.stat == "min" else statistics.median
-        ratios, base = bench_shape(shape, variants, repeats, args.device, stat)
-        cells = " | ".join(f"{ratios[v]:.2f}" for v in variants)
+        ratios, base = bench_shape(shape, variants, repeats, args.device, stat, clock)
+        cells = " | ".join(f"{ratios[v]:.2f}" for v in columns)
         print(f"| {shape[0]} | {cells} | {base * 1e3:.2f} |", flush=True)
 
 

@@ -199,6 +199,10 @@ def write_transaction(engine: sa.Engine) -> Iterator[sa.Connection]:
             yield conn
 
 
+# Any constant unlikely to clash with an application's own advisory locks ("odyssey" in ASCII).
+_OPTUNA_INIT_LOCK = 0x6F6479737365
+
+
 def optuna_storage(
     url: str | None,
     heartbeat_interval: int | None = None,
@@ -220,7 +224,7 @@ def optuna_storage(
     with_retry(lambda: get_engine(resolved).connect().close(), resolved, retry_seconds=retry_seconds,
                what="connect")
 
-    def build() -> Any:
+    def create() -> Any:
         return optuna.storages.RDBStorage(
             resolved,
             engine_kwargs=engine_kwargs(resolved),
@@ -228,6 +232,20 @@ def optuna_storage(
             grace_period=grace_period,
             failed_trial_callback=failed_trial_callback,
         )
+
+    def build() -> Any:
+        if not resolved.startswith("postgresql"):
+            return create()
+        # Optuna creates its tables check-then-create: workers opening a fresh PostgreSQL database
+        # together collide on its catalogue ("relation already exists"). A session advisory lock
+        # serialises the first opening; later ones find the tables and pass through quickly.
+        with get_engine(resolved).connect() as conn:
+            conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": _OPTUNA_INIT_LOCK})
+            try:
+                return create()
+            finally:
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": _OPTUNA_INIT_LOCK})
+                conn.commit()
 
     return with_retry(build, resolved, retry_seconds=retry_seconds, what="open the Optuna storage")
 

@@ -5,6 +5,10 @@ modules `sweep.cells_lstm` (V and its eight variants), `sweep.cells_gru`, `sweep
 
 A state is a tuple of tensors shaped (num_layers, B, K), opaque to callers: (h, c) for the LSTM family,
 (h, c, gates) for FGR (whose gates see the previous step's gates), (s,) for GRU and the pseudo LSTM.
+
+NP runs through torch's fused LSTM kernel; the others through hand-written kernels with a BPTT backward
+(`sweep.cells_fused` and friends). `Recurrent.set_reference()` switches to plain autograd loops that
+spell the equations out. Speed and conventions: docs/bench-cells.md.
 """
 
 from __future__ import annotations
@@ -89,8 +93,9 @@ class Recurrent(nn.Module):
     ) -> tuple[Tensor, State]:
         """Run x (B, T, M) -> outputs (B, T, N), zero at padded steps, and the state at each last valid step.
 
-        `lengths` (B,) gives each sequence's valid steps (None: all T); `state` continues a previous chunk
-        (truncated BPTT; detach it first with `detach_state` to cut the gradient), None starts from zeros.
+        `lengths` (B,) gives each sequence's valid steps (None: all T; a row of length 0 keeps its state);
+        `state` continues a previous chunk (truncated BPTT; detach it first with `detach_state` to cut the
+        gradient), None starts from zeros.
         """
         if x.dim() != 3 or x.size(2) != self.input_size:
             raise OdysseyError(
@@ -99,14 +104,17 @@ class Recurrent(nn.Module):
         batch, steps = x.size(0), x.size(1)
         if steps == 0:
             raise OdysseyError("cannot run a recurrent layer over zero time steps")
-        lengths, mask = _check_lengths(lengths, batch, steps, x.device)
+        lengths, mask, empty = _check_lengths(lengths, batch, steps, x.device)
         state = self.initial_state(batch, x) if state is None else self._check_state(state, batch)
         out = zero_padding(x, mask)  # garbage in the padding must not reach anything
         finals = []
         for k, layer in enumerate(self.layers):
             out, final = layer(out, lengths, mask, tuple(s[k] for s in state))
             finals.append(final)
-        return out, tuple(torch.stack(parts) for parts in zip(*finals, strict=True))
+        final_state = tuple(torch.stack(parts) for parts in zip(*finals, strict=True))
+        if empty is not None:
+            final_state = tuple(torch.where(empty, s0, s1) for s0, s1 in zip(state, final_state, strict=True))
+        return out, final_state
 
     def _check_state(self, state: State, batch: int) -> State:
         shapes = [(self.num_layers, batch, k) for k in self.state_sizes]
@@ -120,22 +128,32 @@ class Recurrent(nn.Module):
 
 def _check_lengths(
     lengths: Tensor | None, batch: int, steps: int, device: torch.device
-) -> tuple[Tensor | None, Tensor | None]:
-    """Validate lengths; return (lengths, mask) on x's device, or (None, None) when every row is full."""
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Validate lengths; return (lengths >= 1, mask, empty rows) on x's device; Nones for what is not needed.
+
+    Rows with no valid step (a stream that ended in an earlier chunk) run one padded step, which the mask
+    zeroes; `empty` (1, B, 1) marks them so that they keep the state they came with.
+    """
     if lengths is None:
-        return None, None
+        return None, None, None
+    if not isinstance(lengths, Tensor):
+        lengths = torch.as_tensor(lengths)
     if lengths.dim() != 1 or lengths.size(0) != batch or lengths.is_floating_point():
         raise OdysseyError(
             f"lengths must be {batch} integers, got shape {tuple(lengths.shape)} {lengths.dtype}"
         )
     lengths = lengths.to(device=device, dtype=torch.long)
     low, high = int(lengths.min()), int(lengths.max())
-    if low < 1 or high > steps:
-        raise OdysseyError(f"sequence lengths must lie in [1, {steps}], got {low}..{high}")
+    if low < 0 or high > steps:
+        raise OdysseyError(f"sequence lengths must lie in [0, {steps}], got {low}..{high}")
     if low == steps:
-        return None, None
+        return None, None, None
     mask = torch.arange(steps, device=device).unsqueeze(0) < lengths.unsqueeze(1)
-    return lengths, mask
+    empty = None
+    if low == 0:
+        empty = (lengths == 0).view(1, -1, 1)
+        lengths = lengths.clamp(min=1)
+    return lengths, mask, empty
 
 
 def _make_layer(

@@ -70,6 +70,24 @@ def run_torch_rnn(
     params: list[Tensor],
 ) -> tuple[Tensor, tuple[Tensor, ...]]:
     """One layer through torch's fused LSTM/GRU kernel, packing the batch only when lengths differ."""
+    if x.is_cuda:
+        # cuDNN warns on every call that our weights are separate tensors (it copies them into its own
+        # buffer, which costs little next to the sequence); keeping them separate keeps the parameter
+        # layout identical on every device
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*contiguous chunk of memory.*")
+            return _run_torch_rnn(kind, layer, x, lengths, state, params)
+    return _run_torch_rnn(kind, layer, x, lengths, state, params)
+
+
+def _run_torch_rnn(
+    kind: str,
+    layer: nn.Module,
+    x: Tensor,
+    lengths: Tensor | None,
+    state: tuple[Tensor, ...],
+    params: list[Tensor],
+) -> tuple[Tensor, tuple[Tensor, ...]]:
     rnn = torch.lstm if kind == "lstm" else torch.gru
     hx = tuple(s.unsqueeze(0).contiguous() for s in state)
     hx_arg = hx if kind == "lstm" else hx[0]

@@ -53,7 +53,8 @@ class GRULayer(nn.Module):
             return zero_padding(ys_t, mask), (last_valid(ys_t, lengths),)
         if not self.reference:
             params = [self.weight_ih, self.weight_hh, self.bias, torch.cat([self.zero_bias, self.bias_hn])]
-            return run_torch_rnn("gru", self, x, lengths, state, params)
+            ys, final = run_torch_rnn("gru", self, x, lengths, state, params)
+            return zero_padding(ys, mask), final  # packing zeroes padding already, but not empty rows
         n = self.hidden_size
         s = state[0]
         proj = torch.nn.functional.linear(x, self.weight_ih, self.bias)

@@ -85,7 +85,7 @@ class _GRUFunction(torch.autograd.Function):
     def forward(ctx, xp, w, b_hn, h0):  # type: ignore[override]
         n = h0.size(1)
         b_h = torch.cat([b_hn.new_zeros(2 * n), b_hn])
-        rec, acts, ys = _forward_loop(xp.contiguous(), w.t(), b_h, h0, n)
+        rec, acts, ys = _forward_loop(xp.contiguous(), w.t().contiguous(), b_h, h0, n)
         ctx.save_for_backward(rec, acts, ys, w, h0)
         return ys
 

@@ -1,7 +1,8 @@
 """The LSTM family of Greff et al.: vanilla LSTM (V) and its eight variants, as one parameterised layer.
 
 Gate blocks are stacked in torch.nn.LSTM's order (i, f, z, o), leaving out the ones a variant removes, so
-NP's weights are laid out exactly as torch's and NP runs through torch's fused kernel. The other variants
+NP's weights are laid out exactly as torch's and NP runs through torch's fused kernel (FGR alone uses
+(i, f, o, z), so that the gates it feeds back to the next step are one contiguous slice). The other variants
 run through the hand-written kernel of `sweep.cells_fused`; `reference=True` selects a plain autograd loop
 that spells the equations out and is what the fast paths are tested against.
 """
@@ -31,8 +32,8 @@ class LSTMSpec:
 
     @property
     def gates(self) -> tuple[str, ...]:
-        """Names of the stacked pre-activation blocks, in torch's order."""
-        if self.gate_recurrence:  # FGR: the gates fed back to the next step form one contiguous slice
+        """Names of the stacked pre-activation blocks, in torch's order (FGR: i, f, o, z)."""
+        if self.gate_recurrence:
             return ("i", "f", "o", "z")
         names = []
         if self.input_gate:
@@ -134,7 +135,8 @@ class LSTMLayer(nn.Module):
         """Run (B, T, M) -> outputs (B, T, N) zero at padding, and the state at each last valid step."""
         if self.spec.is_torch_lstm and not self.reference:
             params = [self.weight_ih, self.weight_hh, self.bias, self.zero_bias]
-            return run_torch_rnn("lstm", self, x, lengths, state, params)
+            ys, final = run_torch_rnn("lstm", self, x, lengths, state, params)
+            return zero_padding(ys, mask), final  # packing zeroes padding already, but not empty rows
         if self.reference:
             ys, states = self._reference_loop(x, state)
         else:

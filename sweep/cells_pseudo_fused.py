@@ -107,7 +107,9 @@ class _PseudoFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, xp, w_r, w_o, s0):  # type: ignore[override]
         n = s0.size(1)
-        acts, reads, ss, ys, phi0 = _forward_loop(xp.contiguous(), w_r.t(), w_o.t(), s0, n)
+        acts, reads, ss, ys, phi0 = _forward_loop(
+            xp.contiguous(), w_r.t().contiguous(), w_o.t().contiguous(), s0, n
+        )
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(acts, reads, ss, ys, phi0, w_r, w_o, s0)
         return ys, ss

@@ -112,5 +112,6 @@ def run(spec_path: str, url: str | None, workers: int | None, devices: str, out:
     from analysis.report import build_report
 
     target = output_dir(spec, out)
-    path = build_report(resolved, spec.name, target, progress=lambda msg: click.echo(f"report: {msg}", err=True))
+    path = build_report(resolved, spec.name, target,
+                        progress=lambda msg: click.echo(f"report: {msg}", err=True))
     click.echo(f"report: {path}")

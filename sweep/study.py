@@ -228,9 +228,15 @@ def create_study(url: str, spec: StudySpec, check_data: bool = True,
 
 
 def delete_study(url: str, name: str) -> None:
-    """Remove the Optuna study `name` and its results rows."""
+    """Remove the Optuna study `name` and its results rows (either may be left from an interrupted delete)."""
     storage = open_storage(url)
-    study = load_optuna_study(url, name, storage)
+    try:
+        study = load_optuna_study(url, name, storage)
+    except OdysseyError:
+        # No Optuna study: finish a delete that stopped between the two halves, else report the name.
+        if results.delete_study_results(url, name):
+            return
+        raise
     with_retry(lambda: optuna.delete_study(study_name=study.study_name, storage=storage), url,
                what=f"delete study {name!r}")
     results.delete_study_results(url, name)

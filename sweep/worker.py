@@ -9,8 +9,8 @@ a trial without a heartbeat for `grace_period` seconds fails it and re-queues a 
 parameters and user attrs (`odyssey_slot` included) through Optuna's RetryHeartbeatStaleTrialCallback;
 the results row goes back to `waiting`. After `max_retries` losses the slot is recorded as failed.
 
-Stopping: the first SIGTERM/SIGINT stops the running trial at its next epoch boundary, re-queues it and
-exits 0; a second one interrupts at once (the trial is still re-queued).
+Stopping: the first SIGTERM/SIGINT stops the running trial within one training step, re-queues it and
+exits 0; a second one interrupts at once (see docs/sweeps.md).
 """
 
 from __future__ import annotations
@@ -137,6 +137,53 @@ class _Heartbeat:
         self._thread.join()
 
 
+class _VariantView:
+    """A study seen as one variant's trials only, so a sampler learns from that variant's results."""
+
+    def __init__(self, study: optuna.Study, variant: str) -> None:
+        self._study, self._variant = study, variant
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+    def _mine(self, trials: Any) -> list[FrozenTrial]:
+        return [t for t in trials if t.params.get(VARIANT_PARAM) == self._variant]
+
+    def _get_trials(
+        self, deepcopy: bool = True, states: Any = None, use_cache: bool = False
+    ) -> list[FrozenTrial]:
+        return self._mine(self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache))
+
+    def get_trials(self, deepcopy: bool = True, states: Any = None) -> list[FrozenTrial]:
+        return self._mine(self._study.get_trials(deepcopy=deepcopy, states=states))
+
+    @property
+    def trials(self) -> list[FrozenTrial]:
+        return self.get_trials()
+
+
+class PerVariantTPESampler(optuna.samplers.BaseSampler):
+    """TPE fitted on each variant's own trials (variants differ too much to share one model).
+
+    Unseeded on purpose: workers sampling at the same moment must not propose the same points.
+    """
+
+    def __init__(self) -> None:
+        self._inner = optuna.samplers.TPESampler()
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
+        return {}
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial, search_space: Any) -> dict[str, Any]:
+        return {}
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: Any) -> Any:
+        variant = trial.params.get(VARIANT_PARAM)
+        view: Any = _VariantView(study, variant) if variant is not None else study
+        return self._inner.sample_independent(view, trial, param_name, param_distribution)
+
+
 @dataclass
 class _Target:
     study: optuna.Study
@@ -173,7 +220,7 @@ class Worker:
         self.engine = get_engine(self.url)
         self.trials_run = 0
         self._targets: dict[str, _Target] = {}
-        self._last_stale_check = 0.0
+        self._last_stale_check: dict[str, float] = {}
         self._failures = 0
         self._prefix = f"[{config.label}] " if config.label else ""
 
@@ -185,6 +232,8 @@ class Worker:
             spec = stored_spec(study)
             if spec is None:
                 raise OdysseyError(f"study {name!r} was not created by `odyssey study create` (no spec)")
+            if spec.design == "tpe":
+                study.sampler = PerVariantTPESampler()
             study_id = with_retry(lambda: self.storage.get_study_id_from_name(name), self.url)
             self._targets[name] = _Target(study, study_id, spec)
         return self._targets[name]
@@ -228,12 +277,22 @@ class Worker:
                 return None
             random.shuffle(ids)
             for trial_id in ids:
+                attempts = 0
+
+                def claim(tid: int = trial_id) -> bool:
+                    nonlocal attempts
+                    attempts += 1
+                    return self.storage.set_trial_state_values(tid, TrialState.RUNNING)
+
                 try:
-                    won = with_retry(
-                        lambda tid=trial_id: self.storage.set_trial_state_values(tid, TrialState.RUNNING),
-                        self.url, what="claim a trial")
+                    won = with_retry(claim, self.url, what="claim a trial")
                 except UpdateFinishedTrialError:
                     continue
+                if not won and attempts > 1:
+                    # A retried claim may have committed before the connection dropped and then read as
+                    # lost: a heartbeat lets the stale check re-queue the trial if nobody runs it.
+                    with_retry(lambda tid=trial_id: self.storage.record_heartbeat(tid), self.url,
+                               what="record a heartbeat")
                 if won:
                     # A heartbeat at once, so even a worker killed right now has its trial re-queued.
                     with_retry(lambda tid=trial_id: self.storage.record_heartbeat(tid), self.url,
@@ -242,9 +301,10 @@ class Worker:
 
     def _check_stale(self, target: _Target, force: bool = False) -> None:
         now = time.monotonic()
-        if not force and now - self._last_stale_check < self.config.heartbeat_interval:
+        name = target.study.study_name
+        if not force and now - self._last_stale_check.get(name, -math.inf) < self.config.heartbeat_interval:
             return
-        self._last_stale_check = now
+        self._last_stale_check[name] = now
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             with_retry(lambda: optuna.storages.fail_stale_trials(target.study), self.url,
@@ -285,13 +345,16 @@ class Worker:
             log.info("%sstopped; %d trials run by this worker", self._prefix, self.trials_run)
         return self.trials_run
 
-    def _params(self, target: _Target, trial: optuna.Trial, frozen: FrozenTrial) -> dict[str, Any]:
+    def _params(self, target: _Target, frozen: FrozenTrial) -> dict[str, Any]:
         # Designed trials carry every parameter already; tpe trials ask the sampler for the rest.
         values = dict(frozen.params)
-        for name, dist in distributions(target.spec).items():
-            if name not in values:
-                values[name] = with_retry(lambda n=name, d=dist: _suggest(trial, n, d), self.url,
-                                          what="suggest a parameter")
+        dists = distributions(target.spec)
+        if any(name not in values for name in dists):
+            trial = optuna.trial.Trial(target.study, frozen._trial_id)
+            for name, dist in dists.items():
+                if name not in values:
+                    values[name] = with_retry(lambda n=name, d=dist: _suggest(trial, n, d), self.url,
+                                              what="suggest a parameter")
         real = {k: v for k, v in values.items() if k != VARIANT_PARAM}
         real.update(target.spec.fixed)
         for name, value in real.items():
@@ -302,12 +365,11 @@ class Worker:
     def _run_trial(self, target: _Target, frozen: FrozenTrial) -> None:
         study, spec = target.study, target.spec
         name = study.study_name
-        trial = optuna.trial.Trial(study, frozen._trial_id)
         slot = int(frozen.user_attrs[SLOT_ATTR])
         variant = str(frozen.user_attrs.get(VARIANT_ATTR) or frozen.params.get(VARIANT_PARAM))
         seed = int(frozen.user_attrs.get(SEED_ATTR, spec.seed))
         with _Heartbeat(self.storage, frozen._trial_id, self.config.heartbeat_interval):
-            params = self._params(target, trial, frozen)
+            params = self._params(target, frozen)
             if spec.design == "tpe":
                 # The slot's row was designed without the sampled values: add them (existing ones stay).
                 results.record_designed_trials(self.url, name, [
@@ -328,21 +390,25 @@ class Worker:
                 self._requeue(study, frozen, slot)
                 raise _StopWorker() from None
             except Exception as exc:
-                self._fail(study, trial, frozen, slot, exc)
+                self._fail(study, frozen, slot, exc)
                 return
-            self._finish(study, trial, frozen, slot, outcome, time.monotonic() - started)
+            self._finish(study, frozen, slot, outcome, time.monotonic() - started)
 
-    def _tell(self, study: optuna.Study, trial: optuna.Trial, **kwargs: Any) -> None:
+    def _tell(self, frozen: FrozenTrial, state: TrialState, value: float | None = None) -> None:
+        # Straight to the storage: Study.tell would re-read the trial three times for checks and
+        # sampler hooks that these trials do not need (the value is checked here).
+        values = None if value is None else [value]
         try:
-            with_retry(lambda: study.tell(trial, **kwargs), self.url, what="record the trial in Optuna")
-        except (UpdateFinishedTrialError, ValueError) as exc:
+            with_retry(lambda: self.storage.set_trial_state_values(frozen._trial_id, state, values),
+                       self.url, what="record the trial in Optuna")
+        except UpdateFinishedTrialError as exc:
             # Already finished: an earlier attempt of this call committed before the connection dropped,
             # or another worker judged this trial lost (its retry will run it again).
-            log.warning("%strial %d was already finished in Optuna (%s)", self._prefix, trial.number,
+            log.warning("%strial %d was already finished in Optuna (%s)", self._prefix, frozen.number,
                         str(exc).splitlines()[0][:120])
 
-    def _finish(self, study: optuna.Study, trial: optuna.Trial, frozen: FrozenTrial, slot: int,
-                outcome: Outcome, seconds: float) -> None:
+    def _finish(self, study: optuna.Study, frozen: FrozenTrial, slot: int, outcome: Outcome,
+                seconds: float) -> None:
         result = dict(outcome.result)
         result["diverged"] = outcome.state == "diverged"
         # Results first: a crash before the Optuna tell leaves a stale trial that is simply re-run.
@@ -351,10 +417,11 @@ class Worker:
         value = outcome.value
         if value is not None and math.isfinite(value):
             if outcome.state == "diverged":
-                with_retry(lambda: trial.set_user_attr(DIVERGED_ATTR, True), self.url)
-            self._tell(study, trial, values=value)
+                with_retry(lambda: self.storage.set_trial_user_attr(frozen._trial_id, DIVERGED_ATTR, True),
+                           self.url)
+            self._tell(frozen, TrialState.COMPLETE, float(value))
         else:
-            self._tell(study, trial, state=TrialState.FAIL)
+            self._tell(frozen, TrialState.FAIL)
         self._failures = 0
         self.trials_run += 1
         spec = self._targets[study.study_name].spec
@@ -362,15 +429,14 @@ class Worker:
                  frozen.user_attrs.get(VARIANT_ATTR), outcome.state, spec.metric,
                  _fmt(value) if value is not None else "none", seconds)
 
-    def _fail(self, study: optuna.Study, trial: optuna.Trial, frozen: FrozenTrial, slot: int,
-              exc: Exception) -> None:
+    def _fail(self, study: optuna.Study, frozen: FrozenTrial, slot: int, exc: Exception) -> None:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if not isinstance(exc, OdysseyError):
             message = f"{type(exc).__name__}: {message}"
             log.exception("%strial %d slot %d raised", self._prefix, frozen.number, slot)
         results.record_trial_finished(self.url, study.study_name, slot, "failed", {"error": message},
                                       trial_number=frozen.number)
-        self._tell(study, trial, state=TrialState.FAIL)
+        self._tell(frozen, TrialState.FAIL)
         self.trials_run += 1
         self._failures += 1
         log.error("%sfailed trial %d slot %d: %s", self._prefix, frozen.number, slot, message)
@@ -379,12 +445,14 @@ class Worker:
 
     def _requeue(self, study: optuna.Study, frozen: FrozenTrial, slot: int) -> None:
         """Put an interrupted trial back: a waiting copy with the same parameters, the original failed."""
-        # The copy first: a crash in between can at worst run the slot twice, never lose it.
+        # Re-read: a tpe trial has gained its sampled parameters since it was claimed.
+        current = with_retry(lambda: self.storage.get_trial(frozen._trial_id), self.url)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             retry = RetryHeartbeatStaleTrialCallback()
-        with_retry(lambda: retry(study, frozen), self.url, what="re-queue the trial")
-        self._tell(study, optuna.trial.Trial(study, frozen._trial_id), state=TrialState.FAIL)
+        # The copy first: a crash in between can at worst run the slot twice, never lose it.
+        with_retry(lambda: retry(study, current), self.url, what="re-queue the trial")
+        self._tell(frozen, TrialState.FAIL)
         results.record_trial_requeued(self.url, study.study_name, slot)
         log.info("%sinterrupted trial %d slot %d: re-queued", self._prefix, frozen.number, slot)
 
@@ -398,7 +466,7 @@ def _install_signal_handlers(stop: threading.Event, label: str = "", sigint: boo
     def handler(signum: int, _frame: Any) -> None:
         if stop.is_set():
             raise KeyboardInterrupt()
-        log.info("%s%s received: finishing at the next epoch boundary and re-queueing the running trial",
+        log.info("%s%s received: stopping the running trial and re-queueing it",
                  prefix, signal.Signals(signum).name)
         stop.set()
 

@@ -107,9 +107,12 @@ def test_bad_inputs_raise() -> None:
     model = build("V")
     x = randn(2, 5, M)
     with pytest.raises(OdysseyError, match="lengths"):
-        model(x, torch.tensor([5, 0]))
+        model(x, torch.tensor([5, -1]))
     with pytest.raises(OdysseyError, match="lengths"):
         model(x, torch.tensor([6, 2]))
+    with pytest.raises(OdysseyError, match="lengths"):
+        model(x, torch.tensor([5.0, 2.0]))
+    assert torch.equal(model(x, [5, 2])[0], model(x, torch.tensor([5, 2]))[0])  # a plain list works too
     with pytest.raises(OdysseyError, match="input of shape"):
         model(randn(2, 5, M + 1))
     with pytest.raises(OdysseyError, match="state"):
@@ -417,6 +420,21 @@ def test_padded_batch_equals_sequences_one_by_one(variant: str) -> None:
         for acc, g in zip(param_grads, torch.autograd.grad(loss, list(model.parameters())), strict=True):
             acc += g
     assert_close(list(grads[1 + len(state) :]), param_grads)
+
+
+@pytest.mark.parametrize("variant", ["V", "NP", "GRU", "FGR", "PLSTM"])
+def test_empty_rows_keep_their_state(variant: str) -> None:
+    """A row with no valid step (its stream ended in an earlier chunk) outputs zeros and keeps its state."""
+    model = build(variant, num_layers=2)
+    x, state = randn(3, 4, M), rand_state(model, 3)
+    state = tuple(s.requires_grad_(True) for s in state)
+    y, final = model(x, torch.tensor([4, 0, 2]), state)
+    assert torch.all(y[1] == 0)
+    assert_close(tuple(f[:, 1] for f in final), tuple(s[:, 1] for s in state))
+    y_rest, final_rest = model(x[[0, 2]], torch.tensor([4, 2]), tuple(s[:, [0, 2]] for s in state))
+    assert_close((y[[0, 2]], tuple(f[:, [0, 2]] for f in final)), (y_rest, final_rest))
+    grads = torch.autograd.grad(sum(f.sum() for f in final), state)
+    assert all(torch.all(g[:, 1] == 1) for g in grads)  # the kept state passes its gradient straight back
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -363,10 +363,11 @@ def test_merged_stacks_are_valid_and_complete(stack: str, compose_schema: jsonsc
 
 def test_base_stack_runs_postgres_worker_dashboard_and_a_profile_gated_cli() -> None:
     services = model((BASE,))["services"]
-    assert set(services) == {"postgres", "worker", "dashboard", "cli"}
+    assert set(services) == {"postgres", "db-init", "worker", "dashboard", "cli"}
     started_by_up = {name for name, svc in services.items() if not svc.get("profiles")}
-    assert started_by_up == {"postgres", "worker", "dashboard"}
+    assert started_by_up == {"postgres", "db-init", "worker", "dashboard"}
     assert services["cli"]["profiles"] == ["cli"]
+    assert services["db-init"]["restart"] == "no", "a one-shot job must not be restarted after success"
 
 
 def test_postgres_is_pinned_persistent_and_health_checked() -> None:
@@ -386,9 +387,11 @@ def test_postgres_is_pinned_persistent_and_health_checked() -> None:
 def test_odyssey_services_wait_for_a_healthy_database_and_reach_it_by_name() -> None:
     services = model((BASE,))["services"]
     pg_port = services["postgres"]["ports"][0].rsplit(":", 1)[1]
-    for name in ("worker", "dashboard", "cli"):
+    for name in ("db-init", "worker", "dashboard", "cli"):
         svc = services[name]
         assert svc["depends_on"]["postgres"]["condition"] == "service_healthy", name
+        if name in ("worker", "dashboard"):  # tables exist before any of them opens the database
+            assert svc["depends_on"]["db-init"]["condition"] == "service_completed_successfully", name
         url = interpolate_text(svc["environment"]["ODYSSEY_STORAGE"], example_env())
         assert url.startswith("postgresql+psycopg://") and f"@postgres:{pg_port}/" in url, url
         assert "s3cret-Pw" not in url, "the password must not be part of the URL"
@@ -416,10 +419,11 @@ def test_cpu_override_drops_the_gpu_and_runs_on_cpu(stack: str) -> None:
 
 
 def test_workers_file_has_only_workers_and_requires_the_remote_database() -> None:
-    compose = load_compose(WORKERS)
-    assert set(compose["services"]) == {"worker"}
+    compose = model((WORKERS,))
+    assert set(compose["services"]) == {"db-init", "worker"}
     assert "volumes" not in compose and "postgres" not in json.dumps(compose)
     worker = compose["services"]["worker"]
+    assert worker["depends_on"] == {"db-init": {"condition": "service_completed_successfully"}}
     assert worker["environment"]["ODYSSEY_STORAGE"].startswith("${ODYSSEY_STORAGE:?")
     with pytest.raises(MissingVariable, match="ODYSSEY_STORAGE"):
         interpolate(worker, {k: v for k, v in example_env().items() if k != "ODYSSEY_STORAGE"})
@@ -523,19 +527,25 @@ def test_build_context_and_dockerfile_references_exist(dockerfile: Parsed) -> No
         assert not ignored_by_docker(path, patterns), f".dockerignore leaves {path} out of the build"
 
 
-def test_dashboard_entrypoint_is_copied_into_the_image(dockerfile: Parsed) -> None:
+def test_service_scripts_are_copied_into_the_image(dockerfile: Parsed) -> None:
     _, stages = dockerfile
     runtime = stages[-1]
     workdir = runtime.find("WORKDIR")[-1].args
     copied = {}
     for copy in runtime.find("COPY"):
         if "--from=" not in copy.args:
-            source, dest = copy.args.split()[-2:]
-            copied[str(Path(workdir, dest)).rstrip("/")] = source
-    dashboard = model((BASE,))["services"]["dashboard"]
-    script = dashboard["entrypoint"][1]
-    assert copied.get(script) == "docker/dashboard.py"
-    assert copied.get(f"{workdir}/examples") == "examples/", "examples belong in the WORKDIR"
+            *sources, dest = copy.args.split()
+            for source in sources:
+                target = Path(workdir, dest, Path(source).name) if len(sources) > 1 else Path(workdir, dest)
+                copied[str(target)] = source.rstrip("/")
+    assert copied.get(f"{workdir}/examples") == "examples", "examples belong in the WORKDIR"
+    for files in STACKS.values():
+        for name, service in model(files)["services"].items():
+            entrypoint = service.get("entrypoint", [])
+            if entrypoint[:1] == ["python"]:
+                script = entrypoint[1]
+                assert script in copied, f"{name}: {script} is not in the image"
+                assert (ROOT / copied[script]).is_file()
 
 
 def test_dockerfile_is_multistage_with_a_torch_build_argument(dockerfile: Parsed) -> None:
@@ -604,6 +614,15 @@ def test_package_builds_from_the_docker_build_context(tmp_path: Path) -> None:
         assert member in names, f"the image would lack {member}"
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "odyssey = sweep.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+
+def test_every_run_step_is_valid_shell(dockerfile: Parsed) -> None:
+    _, stages = dockerfile
+    for stage in stages:
+        for run in stage.find("RUN"):
+            script = re.sub(r"^(--\S+\s+)+", "", run.args)  # BuildKit flags such as --mount=...
+            checked = subprocess.run(["sh", "-n", "-c", script], capture_output=True, text=True)
+            assert checked.returncode == 0, f"Dockerfile line {run.line}: {checked.stderr}"
 
 
 def test_dependency_list_matches_pyproject() -> None:
@@ -735,27 +754,79 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def bash_blocks(doc: str) -> list[str]:
+    """The ```bash blocks of a document under docs/."""
+    return re.findall(r"```bash\n(.*?)```", (ROOT / "docs" / doc).read_text(), re.S)
+
+
 def guide_block() -> list[str]:
     """The command lines of the guide's first bash block (docs/docker.md)."""
-    text = (ROOT / "docs" / "docker.md").read_text()
-    block = re.search(r"```bash\n(.*?)```", text, re.S)
-    assert block, "docs/docker.md has no bash block"
-    return [line.strip() for line in block[1].splitlines() if line.strip()]
+    blocks = bash_blocks("docker.md")
+    assert blocks, "docs/docker.md has no bash block"
+    return [line.strip() for line in blocks[0].splitlines() if line.strip()]
+
+
+def dotenv(path: Path) -> dict[str, str]:
+    lines = path.read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if re.match(r"^\w+=", line))
+
+
+def run_guide_lines(lines: list[str], folder: Path) -> dict[str, str]:
+    """Run shell lines of the guide in ``folder`` (holding a copy of .env.example); the resulting .env."""
+    (folder / ".env.example").write_text((ROOT / ".env.example").read_text())
+    for line in lines:
+        subprocess.run(["bash", "-euc", line], cwd=folder, check=True, timeout=30)
+    return dotenv(folder / ".env")
 
 
 def test_guide_setup_lines_make_a_usable_env_file(tmp_path: Path) -> None:
     lines = [line for line in guide_block() if line.startswith(("cp .env.example", "sed -i", "mkdir"))]
     assert len(lines) == 3, lines
-    (tmp_path / ".env.example").write_text((ROOT / ".env.example").read_text())
-    for line in lines:
-        subprocess.run(["bash", "-euc", line], cwd=tmp_path, check=True, timeout=30)
+    env = run_guide_lines(lines, tmp_path)
     assert (tmp_path / "reports").is_dir()
-    lines = (tmp_path / ".env").read_text().splitlines()
-    env = dict(line.split("=", 1) for line in lines if re.match(r"^\w+=", line))
     assert re.fullmatch(r"[0-9a-f]{48}", env["POSTGRES_PASSWORD"])
     assert env["ODYSSEY_UID"] == str(os.getuid()) and env["ODYSSEY_GID"] == str(os.getgid())
+    assert "COMPOSE_FILE" not in env
     merged = interpolate(model((BASE,)), env)  # no MissingVariable: `up` would start
     assert merged["services"]["postgres"]["environment"]["POSTGRES_PASSWORD"] == env["POSTGRES_PASSWORD"]
+    assert merged["services"]["worker"]["image"] == "lstm-odyssey:cu124"
+
+
+def test_guide_cpu_switch_selects_the_cpu_override_and_build(tmp_path: Path) -> None:
+    setup = [line for line in guide_block() if line.startswith(("cp .env.example", "sed -i"))]
+    switch = [b.strip() for b in bash_blocks("docker.md") if b.startswith("sed -i \"s/^TORCH_VARIANT")]
+    assert len(switch) == 1, "docs/docker.md should have one bash line switching to the CPU setup"
+    env = run_guide_lines([*setup, switch[0]], tmp_path)
+    files = tuple(env["COMPOSE_FILE"].split(":"))
+    assert files == STACKS["cpu"]
+    services = interpolate(model(files), env)["services"]
+    assert "deploy" not in services["worker"]
+    for name in ("worker", "dashboard", "cli"):
+        assert services[name]["image"] == "lstm-odyssey:cpu"
+        assert services[name]["build"]["args"]["TORCH_VARIANT"] == "cpu"
+
+
+def test_multi_host_env_starts_a_remote_worker() -> None:
+    (block,) = [b for b in bash_blocks("multi-host.md") if "cat > .env" in b]
+    body = re.search(r"<<'EOF'\n(.*?)\nEOF", block, re.S)
+    assert body, "the worker host's .env heredoc"
+    env = dict(line.split("=", 1) for line in body[1].splitlines())
+    files = tuple(env["COMPOSE_FILE"].split(":"))
+    assert files == STACKS["workers"]
+    worker = interpolate(model(files), env)["services"]["worker"]
+    assert worker["environment"]["ODYSSEY_STORAGE"] == env["ODYSSEY_STORAGE"]
+    assert worker["environment"]["PGPASSWORD"] == env["PGPASSWORD"]
+    assert "sslmode=" in env["ODYSSEY_STORAGE"]
+    assert worker["hostname"] == env["ODYSSEY_WORKER_NAME"]
+
+
+def test_multi_host_tls_override_is_valid(compose_schema: jsonschema.Draft7Validator) -> None:
+    (block,) = re.findall(r"```yaml\n(.*?)```", (ROOT / "docs" / "multi-host.md").read_text(), re.S)
+    merged = interpolate(merge(model((BASE,)), yaml.load(block, Loader=ComposeLoader)), example_env())
+    compose_schema.validate(merged)
+    postgres = merged["services"]["postgres"]
+    assert "ssl=on" in postgres["command"] and "max_connections=200" in postgres["command"]
+    assert postgres["volumes"][0].startswith("pgdata:"), "the override must keep the data volume"
 
 
 def test_guide_references_existing_examples() -> None:
@@ -776,6 +847,44 @@ def test_postgres_healthcheck_command(local: Local, pg_server: Any) -> None:
     assert up.returncode == 0, up
     down = subprocess.run(["sh", "-c", command], env={**env, "PGPORT": str(free_port())}, capture_output=True)
     assert down.returncode != 0, "the healthcheck must fail while PostgreSQL does not answer"
+
+
+def run_db_init(local: Local, files: tuple[str, ...] = (BASE,)) -> Completed:
+    """The `db-init` service's command, as `docker compose up` runs it before workers and dashboard."""
+    service = services(files, local)["db-init"]
+    return local.run(service, service_command(service, image_entrypoint()), timeout=120)
+
+
+@pytest.mark.postgres
+def test_db_init_creates_the_tables_once(local: Local) -> None:
+    import sqlalchemy as sa
+
+    first = run_db_init(local)
+    assert first.returncode == 0, first.stderr
+    tables = set(sa.inspect(sa.create_engine(_with_password(local))).get_table_names())
+    assert {"studies", "trials", "odyssey_studies", "odyssey_trials"} <= tables  # Optuna's and ours
+    again = run_db_init(local, (WORKERS,))  # an extra host's db-init on the same, ready database
+    assert again.returncode == 0, again.stderr
+    assert local.env["PGPASSWORD"] not in first.stderr + again.stderr
+    # What follows db-init at `up`: every worker process and the dashboard open the storage at once.
+    opener = "import sys; from storage.engine import optuna_storage; optuna_storage(sys.argv[1])"
+    procs = [subprocess.Popen([sys.executable, "-c", opener, _with_password(local)], cwd=ROOT, text=True,
+                              stderr=subprocess.PIPE) for _ in range(3)]
+    outcomes = [(proc.wait(120), proc.stderr.read()) for proc in procs]
+    assert all(code == 0 for code, _ in outcomes), outcomes
+
+
+@pytest.mark.postgres
+def test_db_init_fails_in_one_line_without_a_database(local: Local) -> None:
+    local.pg_port = free_port()  # nothing listens there
+    service = services((BASE,), local)["db-init"]
+    done = subprocess.run(local.argv(service_command(service, image_entrypoint())), cwd=ROOT, text=True,
+                          capture_output=True, timeout=60,
+                          env={**local.environ(service), "ODYSSEY_DB_RETRY_SECONDS": "0"})
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot connect to postgresql+psycopg://"), lines
+    assert local.env["PGPASSWORD"] not in done.stderr
 
 
 @pytest.mark.postgres
@@ -849,13 +958,10 @@ def test_guide_commands_and_workers_complete_a_study(local: Local, tmp_path: Pat
     assert [args[:2] for args in runs] == [["study", "create"], ["study", "status"], ["report", TINY_STUDY]]
     create, status, report = runs
 
-    created = local.run(cli, service_command({**cli, "command": create}, entry))
-    assert created.returncode == 0, created.stderr
-    expected = len(finished_trials(local))
-    assert expected > 0
-
-    # The main host's worker and an extra CPU-only host's worker share the database, like two machines
-    # (one job on the extra host: this machine has few cores).
+    # As in the guide, `up` has run db-init and started the workers (waiting for studies) before the study
+    # is created: the main host's worker and an extra CPU-only host's worker share the database like two
+    # machines (one job on the extra host: this machine has few cores).
+    assert run_db_init(local).returncode == 0
     local.env["ODYSSEY_CPU_JOBS"] = "1"
     extra = services((WORKERS, CPU), local)["worker"]
     workers = []
@@ -863,6 +969,10 @@ def test_guide_commands_and_workers_complete_a_study(local: Local, tmp_path: Pat
         log = tmp_path / f"worker{n}.log"
         workers.append((local.start(service, service_command(service, entry), log), log))
     try:
+        created = local.run(cli, service_command({**cli, "command": create}, entry))
+        assert created.returncode == 0, created.stderr
+        expected = len(finished_trials(local))
+        assert expected > 0
         deadline = time.monotonic() + 300
         while True:
             trials = finished_trials(local)

@@ -292,3 +292,8 @@ def test_single_input_explains_everything_and_numeric_levels_keep_their_order():
     curve = f.marginal("layers")
     assert list(curve["value"]) == [1, 2, 10]
     np.testing.assert_allclose(curve["mean"], np.log([1, 2, 10]), atol=0.05)
+
+
+def test_inputs_must_be_a_dataframe():
+    with pytest.raises(OdysseyError, match="DataFrame"):
+        Fanova(np.zeros((10, 2)), np.arange(10.0))

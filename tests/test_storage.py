@@ -200,6 +200,25 @@ def test_optuna_storage_survives_a_restart(pg_server, pg_url: str) -> None:
 # --------------------------------------------------------------------------------------------- schema
 
 
+def _open_optuna_storage(url: str) -> str:
+    import optuna
+
+    storage = optuna_storage(url)
+    optuna.create_study(study_name=f"s{id(storage)}", storage=storage)
+    return "ok"
+
+
+def test_workers_opening_a_fresh_postgresql_database_together_all_succeed(pg_url: str) -> None:
+    """`docker compose up` on a new volume: every worker opens Optuna's storage at the same moment."""
+    import concurrent.futures
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(4, mp_context=ctx) as pool:
+        outcomes = list(pool.map(_open_optuna_storage, [pg_url] * 4))
+    assert outcomes == ["ok"] * 4
+
+
 def test_create_schema_is_idempotent_and_safe_when_racing(url: str) -> None:
     engines = [sa.create_engine(url, poolclass=sa.pool.NullPool) for _ in range(4)]
     barrier = threading.Barrier(len(engines))

@@ -288,3 +288,40 @@ def test_worker_bad_inputs(pg_server, sqlite_url: str) -> None:  # noqa: ANN001
     # nothing was touched: the study still waits for its two trials
     assert set(results.load_study(sqlite_url, "w").trials["state"]) == {"waiting"}
     assert len(optuna.load_study(study_name="w", storage=sqlite_url).trials) == 2
+
+
+def test_tpe_learns_from_each_variants_own_trials() -> None:
+    from sweep.worker import PerVariantTPESampler
+
+    dists = {"variant": optuna.distributions.CategoricalDistribution(["V", "GRU"]),
+             "x": optuna.distributions.FloatDistribution(0.0, 1.0)}
+    study = optuna.create_study(sampler=PerVariantTPESampler())
+    # V is good near x = 0.9 only; GRU is good near x = 0.1 only
+    for i in range(40):
+        x = (i + 0.5) / 40
+        for variant, best in (("V", 0.9), ("GRU", 0.1)):
+            study.add_trial(optuna.trial.create_trial(
+                params={"variant": variant, "x": x}, distributions=dists, value=abs(x - best)))
+    picks: dict[str, list[float]] = {"V": [], "GRU": []}
+    for i in range(30):
+        variant = "V" if i % 2 else "GRU"
+        study.enqueue_trial({"variant": variant})
+        trial = study.ask(dists)
+        picks[variant].append(trial.params["x"])
+        study.tell(trial, state=TrialState.FAIL)
+    assert sum(picks["V"]) / 15 > 0.7 and sum(picks["GRU"]) / 15 < 0.3
+
+
+def test_worker_without_study_drains_every_study(sqlite_url: str) -> None:
+    make_study(sqlite_url, per_variant=2)
+    create_study(sqlite_url, parse_spec({"name": "second", "variants": ["NP"], "trials_per_variant": 3,
+                                         "dataset": {"name": "synthetic"}}), check_data=False)
+    ran = Worker(WorkerConfig(url=sqlite_url, objective="noop", poll_interval=0.1)).run()
+    assert ran == 7
+    for name, count in (("w", 4), ("second", 3)):
+        frame = results.load_study(sqlite_url, name).trials
+        assert len(frame) == count and set(frame["state"]) == {"complete"}
+    from sweep.study import study_status
+
+    status = study_status(sqlite_url, "second")
+    assert status.totals["complete"] == 3 and status.throughput_per_hour and status.eta_seconds == 0
