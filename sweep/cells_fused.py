@@ -318,14 +318,13 @@ class _LSTMFunction(torch.autograd.Function):
         d_act = torch.empty_like(acts)
         blk = {name: _block(acts, off, n) for name, off in zip("ifzo", lay[1:5], strict=True) if off >= 0}
         if lay.fgr:
-            p = peep
             zc = torch.stack([blk["z"], c_prev], 2)
             dz = blk["i"] * (_dtanh(blk["z"]) if lay.input_act else 1)
             q = blk["o"] * (_dtanh(hc) if lay.output_act else 1)
             dh0, dc0, dg0 = _backward_loop_fgr(
                 d_act, grad_y, grad_c if grad_c is not None else empty, grad_c is not None,
                 grad_g if grad_g is not None else empty, grad_g is not None,
-                hc, q, zc, _dsigmoid(acts), dz, blk["f"], p, w, gw, n,
+                hc, q, zc, _dsigmoid(acts), dz, blk["f"], peep, w, gw, n,
             )  # fmt: skip
         else:
             q, r_o, m, k_fac = _factors(lay, blk, hc, c_prev, peep)

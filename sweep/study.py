@@ -115,8 +115,9 @@ def load_optuna_study(url: str, name: str, storage: Any | None = None, sampler: 
     try:
         return with_retry(load, url, what=f"load study {name!r}")
     except KeyError:
-        known = ", ".join(s.study_name for s in optuna.get_all_study_summaries(storage)) or "none"
-        raise OdysseyError(f"no study named {name!r} in this storage (studies: {known})") from None
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+        known = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+        raise OdysseyError(f"no study named {name!r} in this storage (studies: {known or 'none'})") from None
 
 
 def stored_spec(study: optuna.Study) -> StudySpec | None:
@@ -181,7 +182,8 @@ def create_study(url: str, spec: StudySpec, check_data: bool = True,
     rows = designed_trials(spec)
     existing: optuna.Study | None
     try:
-        existing = optuna.load_study(study_name=spec.name, storage=storage)
+        existing = with_retry(lambda: optuna.load_study(study_name=spec.name, storage=storage), url,
+                              what=f"load study {spec.name!r}")
     except KeyError:
         existing = None
     if existing is not None:

@@ -371,7 +371,9 @@ def test_pseudo_lstm_equations(reference: bool) -> None:
 def test_fast_path_equals_reference(variant: str) -> None:
     fast, ref = build(variant, num_layers=2), build(variant, True, num_layers=2)
     x, lengths, state = randn(3, 6, M), torch.tensor([6, 2, 4]), rand_state(fast, 3)
-    assert_close(run_and_grad(fast, x, lengths, state), run_and_grad(ref, x, lengths, state))
+    expected = run_and_grad(ref, x, lengths, state)
+    for _ in range(3):  # TorchScript optimises a loop after its first calls: the answer must not change
+        assert_close(run_and_grad(fast, x, lengths, state), expected)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
