@@ -87,7 +87,10 @@ class Fanova:
         self._trees = self._map(lambda est: TreeAnova(est.tree_, self._levels), forest.estimators_)
         log.info(
             "fANOVA: %d trees on %d trials x %d inputs, main effects in %.1f s",
-            n_trees, len(self.y), len(self.params), time.perf_counter() - start,
+            n_trees,
+            len(self.y),
+            len(self.params),
+            time.perf_counter() - start,
         )
         variances = np.array([t.variance for t in self._trees])
         # As in the original, trees without variance (a bootstrap of equal targets) have no fractions;

@@ -114,8 +114,9 @@ class TreeAnova:
         w = self._other_volume([j, k])
         lo_j, hi_j, lo_k, hi_k = self._lo[:, j], self._hi[:, j], self._lo[:, k], self._hi[:, k]
         stride = nk + 1
-        index = np.concatenate([lo_j * stride + lo_k, hi_j * stride + lo_k, lo_j * stride + hi_k,
-                                hi_j * stride + hi_k])
+        index = np.concatenate(
+            [lo_j * stride + lo_k, hi_j * stride + lo_k, lo_j * stride + hi_k, hi_j * stride + hi_k]
+        )
         weights = np.concatenate([w, -w, -w, w])
         grid = np.bincount(index, weights, minlength=(nj + 1) * stride).reshape(nj + 1, stride)
         np.cumsum(grid, axis=0, out=grid)

@@ -1,6 +1,7 @@
 """Forward+backward time of every cell variant, as a ratio to torch.nn.LSTM on the same shapes and run.
 
     .venv/bin/python bench/cells.py [--quick] [--device cuda] [--threads 1] [--variants V,NP,...]
+                                    [--backend auto|cpp|script|python]
 
 Prints a markdown table: one row per shape, one column per variant, each cell the median (or, with
 `--stat min`, the best) time of one forward+backward batch divided by torch.nn.LSTM's (measured
@@ -11,6 +12,7 @@ own time in milliseconds. The torch.nn.GRU column is torch's own GRU, for refere
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -21,6 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from sweep import cells_cpp  # noqa: E402
 from sweep.cells import VARIANTS, make_recurrent  # noqa: E402
 
 TORCH_GRU = "torch.nn.GRU"
@@ -105,9 +108,20 @@ def main() -> None:
         help="wall: elapsed time; cpu: this thread's CPU time (CPU device, 1 thread: ignores time other "
         "processes take the core away)",
     )
+    parser.add_argument(
+        "--backend",
+        default=None,
+        choices=cells_cpp.BACKENDS,
+        help=f"LSTM-family kernel (sets ${cells_cpp.ENV_VAR}; default: the environment's, else auto)",
+    )
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated variant codes")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.backend:
+        os.environ[cells_cpp.ENV_VAR] = args.backend
+    backend = cells_cpp.requested_backend()
+    if backend in ("auto", "cpp") and args.device == "cpu":
+        backend = "cpp" if cells_cpp.load(required=backend == "cpp") is not None else "script"
     if args.clock == "cpu" and (args.device != "cpu" or args.threads != 1):
         parser.error("--clock cpu measures the calling thread only: use it with --device cpu --threads 1")
     clock = time.thread_time if args.clock == "cpu" else time.perf_counter
@@ -119,7 +133,8 @@ def main() -> None:
     shapes = SHAPES[::3] if args.quick else SHAPES
     print(
         f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, {args.clock} "
-        f"clock, {args.stat} of {repeats} fwd+bwd batches; cells: time / torch.nn.LSTM time"
+        f"clock, {args.stat} of {repeats} fwd+bwd batches, LSTM-family kernel {backend}; "
+        "cells: time / torch.nn.LSTM time"
     )
     print()
     columns = [*variants, TORCH_GRU]

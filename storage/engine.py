@@ -207,7 +207,7 @@ def optuna_storage(
     url: str | None,
     heartbeat_interval: int | None = None,
     grace_period: int | None = None,
-    failed_trial_callback: Callable[..., None] | None = None,
+    stale_trial_callback: Callable[..., None] | None = None,
     retry_seconds: float | None = None,
 ) -> Any:
     """An `optuna.storages.RDBStorage` on ``url`` whose engine pings connections before use.
@@ -230,7 +230,7 @@ def optuna_storage(
             engine_kwargs=engine_kwargs(resolved),
             heartbeat_interval=heartbeat_interval,
             grace_period=grace_period,
-            failed_trial_callback=failed_trial_callback,
+            heartbeat_stale_trial_callback=stale_trial_callback,
         )
 
     def build() -> Any:

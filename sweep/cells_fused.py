@@ -8,6 +8,10 @@ Why: autograd over a per-step Python loop records ~15 tiny ops per step and repl
   the peepholes) is computed for all steps at once, so the backward loop is ~6 ops and one matmul per step;
 * the weight gradients are single matrix products over all steps after the loop.
 
+On CPU tensors the loops run as compiled C++ (`sweep/csrc/lstm_family.cpp`, built on first use by
+`sweep.cells_cpp`): one BLAS product per step and all gate arithmetic in one pass over raw pointers. The
+TorchScript loops below are the fallback (no compiler, CUDA tensors, ODYSSEY_CELLS_BACKEND=script).
+
 Gate blocks arrive in the layer's order: (i, f, z, o) without the removed ones, or (i, f, o, z) for FGR so
 that the gates fed back to the next step are one contiguous slice.
 """
@@ -20,6 +24,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from sweep import cells_cpp
 from sweep.cells_common import script as _script
 
 
@@ -42,7 +47,6 @@ def _block(x: Tensor, off: int, n: int) -> Tensor:
     return x.narrow(-1, off, n)
 
 
-@_script
 def _forward_loop(
     xp: Tensor,
     w_t: Tensor,
@@ -156,7 +160,6 @@ def _forward_loop(
     return acts, cs, ys, hcs
 
 
-@_script
 def _backward_loop(
     d_act: Tensor,
     grad_y: Tensor,
@@ -201,7 +204,6 @@ def _backward_loop(
     return dh, dc
 
 
-@_script
 def _backward_loop_fgr(
     d_act: Tensor,
     grad_y: Tensor,
@@ -267,6 +269,11 @@ def _backward_loop_fgr(
     return dh, dc, dg
 
 
+# backend -> (forward loop, backward loop, FGR backward loop); "python" runs them eagerly
+_LOOPS = {"python": (_forward_loop, _backward_loop, _backward_loop_fgr)}
+_LOOPS["script"] = tuple(_script(fn) for fn in _LOOPS["python"])
+
+
 def _dsigmoid(s: Tensor) -> Tensor:
     return s - s * s
 
@@ -279,25 +286,17 @@ class _LSTMFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, xp, w, gw, peep, h0, c0, g0, lay: Layout):  # type: ignore[override]
         empty = xp.new_empty(0)
-        acts, cs, ys, hcs = _forward_loop(
-            xp.contiguous(),
-            w.t().contiguous(),  # a transposed copy: row-major products are faster per step
-            gw.t().contiguous() if lay.fgr else empty,
-            peep if lay.peepholes else empty,
-            h0,
-            c0,
-            g0 if lay.fgr else empty,
-            lay.n,
-            lay.off_i,
-            lay.off_f,
-            lay.off_z,
-            lay.off_o,
-            lay.forget,
-            lay.input_act,
-            lay.output_act,
-            lay.peepholes,
-            lay.fgr,
-        )
+        ctx.backend = cells_cpp.backend_for(xp)
+        if ctx.backend == "cpp":
+            acts, cs, ys, hcs = cells_cpp.load().lstm_forward(xp, w, gw, peep, h0, c0, g0, *lay)
+        else:
+            acts, cs, ys, hcs = _LOOPS[ctx.backend][0](
+                xp.contiguous(),
+                w.t().contiguous(),  # a transposed copy: row-major products are faster per step
+                gw.t().contiguous() if lay.fgr else empty,
+                peep if lay.peepholes else empty,
+                h0, c0, g0 if lay.fgr else empty, *lay,
+            )  # fmt: skip
         ctx.lay = lay
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(acts, cs, ys, hcs, w, gw, peep, h0, c0, g0)
@@ -309,6 +308,12 @@ class _LSTMFunction(torch.autograd.Function):
     def backward(ctx, grad_y, grad_c, grad_g):  # type: ignore[override]
         acts, cs, ys, hcs, w, gw, peep, h0, c0, g0 = ctx.saved_tensors
         lay: Layout = ctx.lay
+        if ctx.backend == "cpp":
+            grads = cells_cpp.load().lstm_backward(
+                acts, cs, ys, hcs, w, gw, peep, h0, c0, g0, grad_y, grad_c, grad_g, *lay
+            )
+            return (*grads, None)  # d_act, dw, dgw, dp, dh0, dc0, dg0 (None where absent), lay
+        backward_loop, backward_loop_fgr = _LOOPS[ctx.backend][1:]
         n = lay.n
         if grad_y is None:
             grad_y = torch.zeros_like(ys)
@@ -321,14 +326,14 @@ class _LSTMFunction(torch.autograd.Function):
             zc = torch.stack([blk["z"], c_prev], 2)
             dz = blk["i"] * (_dtanh(blk["z"]) if lay.input_act else 1)
             q = blk["o"] * (_dtanh(hc) if lay.output_act else 1)
-            dh0, dc0, dg0 = _backward_loop_fgr(
+            dh0, dc0, dg0 = backward_loop_fgr(
                 d_act, grad_y, grad_c if grad_c is not None else empty, grad_c is not None,
                 grad_g if grad_g is not None else empty, grad_g is not None,
                 hc, q, zc, _dsigmoid(acts), dz, blk["f"], peep, w, gw, n,
             )  # fmt: skip
         else:
             q, r_o, m, k_fac = _factors(lay, blk, hc, c_prev, peep)
-            dh0, dc0 = _backward_loop(
+            dh0, dc0 = backward_loop(
                 d_act, grad_y, grad_c if grad_c is not None else empty, grad_c is not None,
                 q, r_o, m, k_fac, w, n, lay.off_o, m.size(2) * n,
             )  # fmt: skip

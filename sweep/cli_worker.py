@@ -17,7 +17,7 @@ from storage.urls import mask_url, resolve_url
 @click.option("--study", "study_name", default=None, help="Work on this study only (default: every study).")
 @click.option("--devices", default="auto", show_default=True,
               help="auto (every GPU, else cpu), cpu, or a list such as cuda:0,cuda:1.")
-@click.option("--jobs-per-device", type=int, default=1, show_default=True,
+@click.option("--jobs-per-device", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes per device.")
 @click.option("--forever", is_flag=True, help="Keep polling for new trials instead of exiting when done.")
 @click.option("--heartbeat", "heartbeat_interval", type=click.IntRange(min=1), default=10, show_default=True,

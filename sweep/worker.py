@@ -10,7 +10,7 @@ parameters and user attrs (`odyssey_slot` included) through Optuna's RetryHeartb
 the results row goes back to `waiting`. After `max_retries` losses the slot is recorded as failed.
 
 Stopping: the first SIGTERM/SIGINT stops the running trial within one training step, re-queues it and
-exits 0; a second one interrupts at once (see docs/sweeps.md).
+exits 0; a second Ctrl-C interrupts at once (see docs/sweeps.md).
 """
 
 from __future__ import annotations
@@ -28,14 +28,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
-import sqlalchemy as sa
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from storage import results
-from storage.engine import get_engine, with_retry
+from storage.engine import with_retry
 from storage.errors import OdysseyError
 from storage.urls import resolve_url
 from sweep.objective import Objective, Outcome, TrialContext, TrialInterrupted, resolve_objective
@@ -215,9 +214,8 @@ class Worker:
             self.url,
             heartbeat_interval=config.heartbeat_interval,
             grace_period=config.grace_period,
-            failed_trial_callback=_RequeueStale(self.url, config.max_retries),
+            stale_trial_callback=_RequeueStale(self.url, config.max_retries),
         )
-        self.engine = get_engine(self.url)
         self.trials_run = 0
         self._targets: dict[str, _Target] = {}
         self._last_stale_check: dict[str, float] = {}
@@ -249,23 +247,25 @@ class Worker:
     # ----------------------------------------------------------------------------------- claiming
 
     def _counts(self, target: _Target) -> dict[str, int]:
-        # Counting through Optuna would load every trial; one grouped query on its table is enough.
-        query = sa.text("SELECT state, COUNT(*) FROM trials WHERE study_id = :s GROUP BY state")
+        """How many of the study's trials wait and run (Optuna's public storage API)."""
 
         def read() -> dict[str, int]:
-            with self.engine.connect() as conn:
-                return {str(state): int(n) for state, n in conn.execute(query, {"s": target.study_id})}
+            trials = self.storage.get_all_trials(
+                target.study_id, deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))
+            counts = {"WAITING": 0, "RUNNING": 0}
+            for trial in trials:
+                counts[trial.state.name] += 1
+            return counts
 
         return with_retry(read, self.url, what="count trials")
 
     def _candidates(self, target: _Target) -> list[int]:
-        query = sa.text(
-            "SELECT trial_id FROM trials WHERE study_id = :s AND state = 'WAITING' ORDER BY number LIMIT :n"
-        )
+        """The ids of the first waiting trials by number (as Optuna's own enqueued-trial pop reads them)."""
 
         def read() -> list[int]:
-            with self.engine.connect() as conn:
-                return [int(r[0]) for r in conn.execute(query, {"s": target.study_id, "n": CLAIM_WINDOW})]
+            waiting = self.storage.get_all_trials(
+                target.study_id, deepcopy=False, states=(TrialState.WAITING,))
+            return [t._trial_id for t in sorted(waiting, key=lambda t: t.number)[:CLAIM_WINDOW]]
 
         return with_retry(read, self.url, what="list waiting trials")
 
@@ -465,7 +465,11 @@ def _install_signal_handlers(stop: threading.Event, label: str = "", sigint: boo
 
     def handler(signum: int, _frame: Any) -> None:
         if stop.is_set():
-            raise KeyboardInterrupt()
+            # Only a second Ctrl-C escalates: SIGTERM may come twice from supervisors (and from the
+            # parent-death signal), and the running trial already stops within one training step.
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt()
+            return
         log.info("%s%s received: stopping the running trial and re-queueing it",
                  prefix, signal.Signals(signum).name)
         stop.set()
@@ -567,8 +571,20 @@ def run_workers(config: WorkerConfig, devices: list[str], jobs_per_device: int =
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    for proc in procs:
-        proc.join()
+    from multiprocessing.connection import wait
+
+    running = list(procs)
+    while running:
+        wait([p.sentinel for p in running])
+        running = [p for p in running if p.exitcode is None]
+        if any(p.exitcode not in (None, 0) for p in procs):
+            # One slot died (a bug, an outage longer than the retry budget): stop the others cleanly and
+            # exit non-zero, so a supervisor (Docker's restart policy, systemd) restarts every slot
+            # instead of the host quietly running fewer.
+            forward(signal.SIGTERM, None)
+            for proc in running:
+                proc.join()
+            running = []
     bad = [p for p in procs if p.exitcode != 0]
     if bad:
         log.error("%d of %d workers exited with an error", len(bad), len(procs))

@@ -10,3 +10,18 @@ def slow_train_objective_for_tests(ctx: TrialContext) -> Outcome:
     if ctx.stop.wait(1.0):
         raise TrialInterrupted()
     return train_objective(ctx)
+
+
+def crash_once_objective_for_tests(ctx: TrialContext) -> Outcome:
+    """The first worker process to run a trial dies at once (as on a segfault); the others sleep 0.5 s."""
+    import os
+    from pathlib import Path
+
+    from sweep.objective import make_sleep_objective
+
+    marker = Path(os.environ["ODYSSEY_TEST_CRASH_MARKER"])
+    try:
+        marker.touch(exist_ok=False)
+    except FileExistsError:
+        return make_sleep_objective(0.5)(ctx)
+    os._exit(3)

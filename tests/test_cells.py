@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from torch.func import functional_call
 
 from storage.errors import OdysseyError
+from sweep import cells_cpp
 from sweep.cells import GREFF_VARIANTS, VARIANTS, detach_state, make_recurrent
 
 torch.set_num_threads(1)
@@ -488,3 +492,160 @@ def test_float32_default_and_train_step_reduces_loss() -> None:
         losses.append(loss.item())
     assert y.dtype == torch.float32
     assert losses[-1] < 0.5 * losses[0]
+
+
+# ------------------------------------------------------------------ kernel backends (C++ / TorchScript)
+
+LSTM_KERNEL_VARIANTS = ("V", "NIG", "NFG", "NOG", "NIAF", "NOAF", "CIFG", "FGR")
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch) -> list[str]:
+    """Names of the C++ kernel functions called during the test (the real kernels still run)."""
+    real = cells_cpp.load(required=True)  # the first test to ask compiles the kernels (once per machine)
+    calls: list[str] = []
+
+    class Spy:
+        def __getattr__(self, name: str):
+            calls.append(name)
+            return getattr(real, name)
+
+    monkeypatch.setattr(cells_cpp, "load", lambda required=False: Spy())
+    return calls
+
+
+def build_wide(variant: str, dtype: torch.dtype, reference: bool = False) -> torch.nn.Module:
+    """Hidden size 37: wider than one AVX-512 register of floats, and not a multiple of one."""
+    torch.manual_seed(0)
+    model = make_recurrent(variant, 5, 37, num_layers=2, forget_bias=0.5, init_scale=0.3)
+    return model.to(dtype).set_reference(reference)
+
+
+def wide_inputs(model, dtype: torch.dtype):
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 7, 5, generator=gen).to(dtype)
+    state = tuple((torch.randn(2, 3, k, generator=gen) * 0.5).to(dtype) for k in model.state_sizes)
+    return x, torch.tensor([7, 3, 5]), state
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("variant", LSTM_KERNEL_VARIANTS)
+def test_cpp_kernel_equals_reference(variant: str, dtype: torch.dtype, kernel_calls, monkeypatch) -> None:
+    """Outputs, final state and every gradient, with padding and a carried state, at float32/64 tolerance."""
+    monkeypatch.setenv(cells_cpp.ENV_VAR, "cpp")
+    fast = build_wide(variant, dtype)
+    x, lengths, state = wide_inputs(fast, dtype)
+    got = run_and_grad(fast, x, lengths, state)
+    assert kernel_calls.count("lstm_forward") == 2 and kernel_calls.count("lstm_backward") == 2
+    expected = run_and_grad(build_wide(variant, dtype, reference=True), x, lengths, state)
+    assert_close(got, expected, tol=2e-5 if dtype == torch.float32 else 1e-10)
+
+
+@pytest.mark.parametrize("variant", LSTM_KERNEL_VARIANTS)
+def test_cpp_kernel_gradcheck(variant: str, kernel_calls, monkeypatch) -> None:
+    monkeypatch.setenv(cells_cpp.ENV_VAR, "cpp")
+    test_gradcheck(variant, reference=False)
+    assert "lstm_backward" in kernel_calls
+
+
+@pytest.mark.parametrize("backend", ["script", "python"])
+@pytest.mark.parametrize("variant", LSTM_KERNEL_VARIANTS)
+def test_forced_fallback_backends(variant: str, backend: str, kernel_calls, monkeypatch) -> None:
+    """ODYSSEY_CELLS_BACKEND=script|python bypasses the C++ kernels and still gives the same answers."""
+    monkeypatch.setenv(cells_cpp.ENV_VAR, backend)
+    fast, ref = build(variant, num_layers=2), build(variant, True, num_layers=2)
+    x, lengths, state = randn(3, 6, M), torch.tensor([6, 2, 4]), rand_state(fast, 3)
+    assert_close(run_and_grad(fast, x, lengths, state), run_and_grad(ref, x, lengths, state))
+    assert kernel_calls == []
+
+
+def test_unknown_backend_raises(monkeypatch) -> None:
+    monkeypatch.setenv(cells_cpp.ENV_VAR, "fortran")
+    with pytest.raises(OdysseyError, match="ODYSSEY_CELLS_BACKEND='fortran'") as info:
+        build("V")(randn(1, 2, M))
+    assert "\n" not in str(info.value)
+
+
+def test_failed_build_falls_back_to_torchscript(monkeypatch, caplog) -> None:
+    def no_compiler():
+        raise RuntimeError("Error building extension 'odyssey':\nc++: command not found")
+
+    monkeypatch.setattr(cells_cpp, "_cache", {})
+    monkeypatch.setattr(cells_cpp, "_build", no_compiler)
+    monkeypatch.delenv(cells_cpp.ENV_VAR, raising=False)
+    with caplog.at_level("INFO", logger="sweep.cells_cpp"):
+        fast, ref = build("V"), build("V", True)
+        x = randn(2, 4, M)
+        assert_close(fast(x)[0], ref(x)[0])
+    assert "using the TorchScript kernels" in caplog.text
+    assert cells_cpp.backend_for(x) == "script"
+    monkeypatch.setenv(cells_cpp.ENV_VAR, "cpp")  # forcing the C++ kernels now is an error, on one line
+    with pytest.raises(OdysseyError, match="could not be built: Error building .* command not found") as info:
+        fast(x)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.timeout(300)
+def test_stale_build_lock_does_not_hang() -> None:
+    """A killed build leaves torch's lock file behind: the next process must still load the kernels."""
+    cells_cpp.load(required=True)
+    lock = cells_cpp.build_root() / cells_cpp._module_name() / "lock"
+    lock.touch()
+    code = "from sweep import cells_cpp; print(cells_cpp.load(required=True).has_blas())"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=240,
+        cwd=Path(__file__).resolve().parents[1],
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True" and not lock.exists()
+
+
+@pytest.mark.parametrize("variant", ["V", "CIFG", "FGR"])
+def test_cpp_kernel_without_direct_blas(variant: str, kernel_calls, monkeypatch) -> None:
+    """On a torch build that exports no BLAS the kernels multiply through at::addmm_: same answers."""
+    monkeypatch.setenv(cells_cpp.ENV_VAR, "cpp")
+    kernels = cells_cpp.load()
+    assert kernels.has_blas()  # this torch build exports sgemm_/dgemm_, so the default path is direct BLAS
+    fast = build_wide(variant, torch.float64)
+    x, lengths, state = wide_inputs(fast, torch.float64)
+    direct = run_and_grad(fast, x, lengths, state)
+    kernels.use_blas(False)
+    try:
+        fallback = run_and_grad(fast, x, lengths, state)
+    finally:
+        kernels.use_blas(True)
+    assert_close(fallback, direct, tol=1e-12)
+
+
+def gru_inputs(dtype: torch.dtype, steps: int = 7, batch: int = 3, n: int = 37) -> tuple[torch.Tensor, ...]:
+    gen = torch.Generator().manual_seed(0)
+    xp = torch.randn(steps, batch, 3 * n, generator=gen)
+    w = torch.randn(3 * n, n, generator=gen) * 0.3
+    b_hn, h0 = torch.randn(n, generator=gen), torch.randn(batch, n, generator=gen)
+    return tuple(t.to(dtype).requires_grad_(True) for t in (xp, w, b_hn, h0))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpp_gru_kernel_equals_torchscript_kernel(dtype: torch.dtype, kernel_calls) -> None:
+    """`cells_cpp.gru_cpp` is a drop-in for `cells_gru_fused.gru_fused`: same states and gradients."""
+    from sweep.cells_gru_fused import gru_fused
+
+    inputs = gru_inputs(dtype)
+    results = []
+    for fn in (gru_fused, cells_cpp.gru_cpp):
+        y = fn(*inputs)
+        weights = torch.randn(y.shape, generator=torch.Generator().manual_seed(5)).to(dtype)
+        results.append((y, *torch.autograd.grad((y * weights).sum(), inputs)))
+    assert kernel_calls == ["gru_forward", "gru_backward"]
+    assert_close(results[1], results[0], tol=2e-5 if dtype == torch.float32 else 1e-10)
+
+
+def test_cpp_gru_kernel_gradcheck_and_torch_gru(kernel_calls) -> None:
+    assert torch.autograd.gradcheck(cells_cpp.gru_cpp, gru_inputs(DT, 3, 2, N), eps=1e-6, atol=1e-6)
+    torch.manual_seed(0)
+    ref = torch.nn.GRU(M, N).to(DT)  # time-major, like the kernel
+    x, h0 = randn(5, 2, M), randn(1, 2, N, seed=4)
+    xp = torch.nn.functional.linear(x, ref.weight_ih_l0, ref.bias_ih_l0)
+    xp = xp + torch.cat([ref.bias_hh_l0[: 2 * N], torch.zeros(N, dtype=DT)])
+    y = cells_cpp.gru_cpp(xp, ref.weight_hh_l0, ref.bias_hh_l0[2 * N :], h0[0])
+    assert_close(y, ref(x, h0)[0])

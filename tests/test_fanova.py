@@ -129,8 +129,10 @@ def test_main_effects_equal_optunas_on_the_same_forest():
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study()
     study.add_trials(
-        [optuna.trial.create_trial(params=p, distributions=dists, value=float(v))
-         for p, v in zip(X.to_dict("records"), y, strict=True)]
+        [
+            optuna.trial.create_trial(params=p, distributions=dists, value=float(v))
+            for p, v in zip(X.to_dict("records"), y, strict=True)
+        ]
     )
     evaluator = optuna.importance.FanovaImportanceEvaluator(n_trees=8, max_depth=64, seed=5)
     theirs = evaluator.evaluate(study)

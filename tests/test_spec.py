@@ -137,3 +137,9 @@ def test_greff_example_is_the_papers_protocol() -> None:
     assert spec.variants == GREFF_VARIANTS and spec.trials_per_variant == 200
     assert spec.training.max_epochs == 150 and spec.training.patience == 15
     assert spec.dataset.name == "jsb" and spec.design == "random"
+
+
+def test_variant_shorthands() -> None:
+    assert parse_spec(_spec(variants="greff")).variants == GREFF_VARIANTS
+    assert parse_spec(_spec(variants="all")).variants == VARIANTS
+    assert "lists a variant twice" in _error(_spec(variants=["V", "V"]))

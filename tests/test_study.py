@@ -92,7 +92,7 @@ def assert_one_line_error(done: subprocess.CompletedProcess, *needles: str) -> s
     return lines[0]
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def url(request: pytest.FixtureRequest) -> str:
     return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
 
@@ -228,6 +228,7 @@ def test_invalid_spec_and_unknown_variant_change_nothing(
     assert len(results.load_study(sqlite_url, "tiny").trials) == 12
 
 
+@pytest.mark.postgres
 def test_bad_databases_are_one_line_errors(pg_server, tmp_path: Path, cli: Callable) -> None:  # noqa: ANN001
     # A fresh interpreter, as a user runs it: exit status 1, one line, no traceback, no password.
     path = write_spec(tmp_path / "tiny.toml", spec_dict())
@@ -238,3 +239,10 @@ def test_bad_databases_are_one_line_errors(pg_server, tmp_path: Path, cli: Calla
     done = odyssey("study", "list", "--storage", unreachable, env={"ODYSSEY_DB_RETRY_SECONDS": "0.5"})
     assert_one_line_error(done, "cannot connect", "***")
     assert_one_line_error(cli("study", "list", "--storage", "mysql://x@y/z"), "unsupported")
+
+
+def test_delete_finishes_a_half_done_delete(sqlite_url: str) -> None:
+    create_study(sqlite_url, parse_spec(spec_dict()))
+    optuna.delete_study(study_name="tiny", storage=sqlite_url)  # as if delete died half-way
+    delete_study(sqlite_url, "tiny")
+    assert results.list_studies(sqlite_url).empty

@@ -95,7 +95,7 @@ def workers() -> Iterator[list[WorkerProcess]]:
         worker.kill()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def url(request: pytest.FixtureRequest) -> str:
     return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
 
@@ -129,6 +129,7 @@ def finished_lines(*procs: WorkerProcess) -> int:
     return sum(line.count("finish trial") for p in procs for line in p.lines)
 
 
+@pytest.mark.slow
 def test_concurrent_workers_run_each_trial_exactly_once(url: str, workers: list[WorkerProcess]) -> None:
     make_study(url, variants=("V", "NFG", "CIFG"), per_variant=6)
     designed = designed_params(url)
@@ -144,18 +145,19 @@ def test_concurrent_workers_run_each_trial_exactly_once(url: str, workers: list[
     assert PG_PASSWORD_MARK not in "".join(w.output for w in workers)
 
 
+@pytest.mark.slow
 def test_killed_worker_has_its_trial_rerun_with_identical_params(
     url: str, workers: list[WorkerProcess]
 ) -> None:
     make_study(url, per_variant=2)
     designed = designed_params(url)
-    doomed = WorkerProcess(url, objective="sleep:1.0")
+    doomed = WorkerProcess(url, objective="sleep:60")  # killed long before its trial could end
     workers.append(doomed)
     number, slot = map(int, doomed.wait_for(START)[0].groups())
     os.kill(doomed.proc.pid, signal.SIGKILL)
     doomed.wait()
 
-    survivor = WorkerProcess(url, objective="sleep:1.0", grace=3)
+    survivor = WorkerProcess(url, objective="sleep:0.5", grace=3)
     workers.append(survivor)
     assert survivor.wait() == 0, survivor.output
     assert_each_slot_ran_once(url, 4, designed)
@@ -169,7 +171,10 @@ def test_killed_worker_has_its_trial_rerun_with_identical_params(
     assert row["attempts"] == 2 and row["trial_number"] == rerun.number
 
 
-@pytest.mark.parametrize(("backend", "jobs"), [("sqlite", 1), ("postgres", 2)])
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("backend", "jobs"), [("sqlite", 1), pytest.param("postgres", 2, marks=pytest.mark.postgres)]
+)
 def test_sigterm_requeues_the_running_trials(
     request: pytest.FixtureRequest, backend: str, jobs: int, workers: list[WorkerProcess]
 ) -> None:
@@ -201,17 +206,41 @@ def test_sigterm_requeues_the_running_trials(
     assert_each_slot_ran_once(url, 4, designed)
 
 
+@pytest.mark.slow
+def test_killing_the_parent_requeues_its_childrens_trials(
+    sqlite_url: str, workers: list[WorkerProcess]
+) -> None:
+    make_study(sqlite_url, per_variant=2)
+    parent = WorkerProcess(sqlite_url, "--jobs-per-device", "2", objective="sleep:120")
+    workers.append(parent)
+    parent.wait_for(START, count=2)
+    os.kill(parent.proc.pid, signal.SIGKILL)  # the children get SIGTERM from the kernel (Linux)
+    parent.wait_for(re.compile("re-queued"), count=2, timeout=60)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        trials = load_optuna_study(sqlite_url, "w").trials
+        if not [t for t in trials if t.state == TrialState.RUNNING]:
+            break
+        time.sleep(0.2)
+    waiting = [t.user_attrs[SLOT_ATTR] for t in trials if t.state == TrialState.WAITING]
+    assert sorted(waiting) == [0, 1, 2, 3]
+    assert set(results.load_study(sqlite_url, "w").trials["state"]) == {"waiting"}
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
 def test_postgres_restart_is_survived(pg_server, pg_url: str, workers: list[WorkerProcess]) -> None:  # noqa: ANN001
-    make_study(pg_url, per_variant=5)
+    make_study(pg_url, per_variant=6)
     designed = designed_params(pg_url)
     # a grace period longer than the restart: live trials must not be judged lost
-    workers += [WorkerProcess(pg_url, objective="sleep:0.3", grace=30) for _ in range(2)]
+    workers += [WorkerProcess(pg_url, objective="sleep:0.5", grace=30) for _ in range(2)]
     workers[0].wait_for(re.compile("finish trial"))
-    pg_server.restart()
+    pg_server.restart()  # every open connection is dropped
+    assert finished_lines(*workers) < 12  # the sweep was still going when the server came back
     for worker in workers:
         assert worker.wait() == 0, worker.output
-    assert_each_slot_ran_once(pg_url, 10, designed)
-    assert finished_lines(*workers) == 10
+    assert_each_slot_ran_once(pg_url, 12, designed)
+    assert finished_lines(*workers) == 12
     assert PG_PASSWORD_MARK not in "".join(w.output for w in workers)
 
 
@@ -271,6 +300,8 @@ def _one_line_error(done: subprocess.CompletedProcess) -> str:
     return errors[0]
 
 
+@pytest.mark.slow
+@pytest.mark.postgres
 def test_worker_bad_inputs(pg_server, sqlite_url: str) -> None:  # noqa: ANN001
     make_study(sqlite_url, per_variant=1)
 
@@ -325,3 +356,22 @@ def test_worker_without_study_drains_every_study(sqlite_url: str) -> None:
 
     status = study_status(sqlite_url, "second")
     assert status.totals["complete"] == 3 and status.throughput_per_hour and status.eta_seconds == 0
+
+
+def test_failing_objective_is_recorded_and_stops_the_worker(sqlite_url: str) -> None:
+    from storage.errors import OdysseyError
+
+    make_study(sqlite_url, variants=("V",), per_variant=4)
+    worker = Worker(WorkerConfig(url=sqlite_url, study="w", objective="noop", poll_interval=0.1))
+
+    def boom(ctx: object) -> object:
+        raise RuntimeError("cannot allocate tensor")
+
+    worker.objective = boom  # type: ignore[assignment]
+    with pytest.raises(OdysseyError, match="3 trials in a row failed .*RuntimeError: cannot allocate tensor"):
+        worker.run()
+    states = sorted(t.state.name for t in load_optuna_study(sqlite_url, "w").trials)
+    assert states == ["FAIL", "FAIL", "FAIL", "WAITING"]
+    frame = results.load_study(sqlite_url, "w").trials
+    assert sorted(frame["state"]) == ["failed", "failed", "failed", "waiting"]
+    assert frame[frame["state"] == "failed"]["error"].str.contains("cannot allocate tensor").all()

@@ -1,0 +1,39 @@
+"""A multi-slot worker whose slot dies stops its other slots and exits non-zero (so it gets restarted)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from storage.results import load_study
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_a_dead_slot_stops_the_worker_with_a_non_zero_exit(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'odyssey.db'}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "ODYSSEY_TEST_CRASH_MARKER": str(tmp_path / "crashed")}
+    odyssey = [sys.executable, "-m", "sweep.cli"]
+    subprocess.run([*odyssey, "study", "create", str(ROOT / "examples" / "synthetic-tiny.toml"),
+                    "--storage", url], env=env, check=True, capture_output=True, timeout=120)
+    started = time.monotonic()
+    proc = subprocess.run(
+        [*odyssey, "worker", "--storage", url, "--devices", "cpu", "--jobs-per-device", "2",
+         "--objective", "tests.objectives:crash_once_objective_for_tests",
+         "--heartbeat", "1", "--grace", "3"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "workers exited with an error" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    # The surviving slot was stopped, not left to run the remaining trials on its own...
+    trials = load_study(url, "synthetic-tiny").trials
+    assert (trials["state"] == "waiting").sum() >= 6, time.monotonic() - started
+    # ...and put its running trial back: only the crashed slot's trial is still marked running.
+    assert (trials["state"] == "running").sum() <= 1
