@@ -29,11 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import optuna  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-from bench.pgserver import fresh_database, throwaway_postgres  # noqa: E402
 from storage import results  # noqa: E402
 from sweep.spec import parse_spec  # noqa: E402
 from sweep.study import SLOT_ATTR, create_study, distributions, load_optuna_study  # noqa: E402
 from sweep.worker import Worker, WorkerConfig  # noqa: E402
+from tests.pgserver import throwaway_server  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -168,13 +168,13 @@ def throughput(url: str, n_workers: int, trials: int) -> tuple[float, float]:
 def main(trials: int, repeats: int, workers: str, throughput_trials: int) -> None:
     """Run the benchmark and print markdown tables."""
     logging.disable(logging.INFO)
-    with throwaway_postgres() as server:
+    with throwaway_server(max_connections=200) as server:
         bare_e, bare_s, ours = [], [], []
         for r in range(repeats):
             # each measurement in its own database, interleaved so machine noise hits all alike
-            bare_e.append(bare_enqueued(fresh_database(server, f"be{r}"), trials))
-            bare_s.append(bare_sampled(fresh_database(server, f"bs{r}"), trials))
-            ours.append(odyssey_worker(fresh_database(server, f"od{r}"), trials))
+            bare_e.append(bare_enqueued(server.create_database(), trials))
+            bare_s.append(bare_sampled(server.create_database(), trials))
+            ours.append(odyssey_worker(server.create_database(), trials))
             print(f"repeat {r + 1}/{repeats}: bare enqueued {bare_e[-1] * 1e3:.1f} ms, bare sampled "
                   f"{bare_s[-1] * 1e3:.1f} ms, odyssey {ours[-1] * 1e3:.1f} ms per trial", file=sys.stderr)
         e, s, o = (statistics.median(x) * 1e3 for x in (bare_e, bare_s, ours))
@@ -189,7 +189,7 @@ def main(trials: int, repeats: int, workers: str, throughput_trials: int) -> Non
         print("| workers | trials/s | seconds | check |")
         print("|---:|---:|---:|---|")
         for n in (int(x) for x in workers.split(",")):
-            rate, seconds = throughput(fresh_database(server, f"tp{n}"), n, throughput_trials)
+            rate, seconds = throughput(server.create_database(), n, throughput_trials)
             print(f"| {n} | {rate:.1f} | {seconds:.1f} | each trial once, none lost or failed |", flush=True)
 
 

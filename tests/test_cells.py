@@ -649,3 +649,33 @@ def test_cpp_gru_kernel_gradcheck_and_torch_gru(kernel_calls) -> None:
     xp = xp + torch.cat([ref.bias_hh_l0[: 2 * N], torch.zeros(N, dtype=DT)])
     y = cells_cpp.gru_cpp(xp, ref.weight_hh_l0, ref.bias_hh_l0[2 * N :], h0[0])
     assert_close(y, ref(x, h0)[0])
+
+
+def pseudo_inputs(dtype: torch.dtype, steps: int = 7, batch: int = 3, n: int = 37) -> tuple:
+    gen = torch.Generator().manual_seed(0)
+    xp = torch.randn(steps, batch, 4 * n, generator=gen)
+    w_r, w_o = torch.randn(3 * n, n, generator=gen) * 0.3, torch.randn(n, n, generator=gen) * 0.3
+    s0 = torch.randn(batch, n, generator=gen)
+    return tuple(t.to(dtype).requires_grad_(True) for t in (xp, w_r, w_o, s0))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("state_loss", [False, True])
+def test_cpp_pseudo_kernel_equals_torchscript_kernel(dtype, state_loss: bool, kernel_calls) -> None:
+    """`cells_cpp.pseudo_cpp` is a drop-in for `cells_pseudo_fused.pseudo_fused` (with or without a
+    gradient reaching the states)."""
+    from sweep.cells_pseudo_fused import pseudo_fused
+
+    inputs = pseudo_inputs(dtype)
+    results = []
+    for fn in (pseudo_fused, cells_cpp.pseudo_cpp):
+        y, s = fn(*inputs)
+        weights = torch.randn(y.shape, generator=torch.Generator().manual_seed(5)).to(dtype)
+        loss = (y * weights).sum() + ((s[-1] ** 2).sum() if state_loss else 0)
+        results.append((y, s, *torch.autograd.grad(loss, inputs)))
+    assert kernel_calls == ["plstm_forward", "plstm_backward"]
+    assert_close(results[1], results[0], tol=2e-5 if dtype == torch.float32 else 1e-10)
+
+
+def test_cpp_pseudo_kernel_gradcheck(kernel_calls) -> None:
+    assert torch.autograd.gradcheck(cells_cpp.pseudo_cpp, pseudo_inputs(DT, 3, 2, N), eps=1e-6, atol=1e-6)

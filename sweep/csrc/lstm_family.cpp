@@ -456,6 +456,26 @@ void check(const at::Tensor& xp, const at::Tensor& w) {
   TORCH_CHECK(w.scalar_type() == xp.scalar_type(), "weights and inputs must share a dtype");
 }
 
+void check_shape(const at::Tensor& t, std::initializer_list<int64_t> shape, const char* what) {
+  TORCH_CHECK(t.sizes().equals(shape), what, " has shape ", t.sizes(), ", expected ", at::IntArrayRef(shape));
+}
+
+// every tensor the loops read through raw pointers must have the size the layout implies
+void check_lstm(const Layout& L, int64_t batch, int64_t gn, const at::Tensor& w, const at::Tensor& gw,
+                const at::Tensor& peep, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& g0) {
+  const int64_t n = L.n;
+  const int64_t blocks = (L.off_i >= 0) + (L.forget == 0) + 1 + (L.off_o >= 0);
+  TORCH_CHECK(gn == blocks * n, "projected inputs do not match the layout");
+  check_shape(w, {gn, n}, "recurrent weight");
+  check_shape(h0, {batch, n}, "h0");
+  check_shape(c0, {batch, n}, "c0");
+  if (L.peepholes) check_shape(peep, {blocks - 1, n}, "peephole");
+  if (L.fgr) {
+    check_shape(gw, {3 * n, 3 * n}, "gate weight");
+    check_shape(g0, {batch, 3 * n}, "g0");
+  }
+}
+
 std::vector<at::Tensor> lstm_forward(const at::Tensor& xp, const at::Tensor& w, const at::Tensor& gw,
                                      const at::Tensor& peep, const at::Tensor& h0, const at::Tensor& c0,
                                      const at::Tensor& g0, int64_t n, int64_t off_i, int64_t off_f,
@@ -463,7 +483,7 @@ std::vector<at::Tensor> lstm_forward(const at::Tensor& xp, const at::Tensor& w, 
                                      bool output_act, bool peepholes, bool fgr) {
   const Layout L = make_layout(n, off_i, off_f, off_z, off_o, forget, input_act, output_act, peepholes, fgr);
   check(xp, w);
-  TORCH_CHECK(w.size(0) == xp.size(2) && w.size(1) == n, "recurrent weight does not match the layout");
+  check_lstm(L, xp.size(1), xp.size(2), w, gw, peep, h0, c0, g0);
   const at::Tensor x = xp.contiguous(), wc = w.contiguous(), gwc = cont(gw), pc = cont(peep);
   const at::Tensor h = h0.contiguous(), c = c0.contiguous(), g = cont(g0);
   if (xp.scalar_type() == at::kFloat) return forward_impl<float>(L, x, wc, gwc, pc, h, c, g);
@@ -481,8 +501,13 @@ std::vector<at::Tensor> lstm_backward(const at::Tensor& acts, const at::Tensor& 
                                       bool input_act, bool output_act, bool peepholes, bool fgr) {
   const Layout L = make_layout(n, off_i, off_f, off_z, off_o, forget, input_act, output_act, peepholes, fgr);
   check(acts, w);
+  check_lstm(L, acts.size(1), acts.size(2), w, gw, peep, h0, c0, g0);
   auto opt = [](const c10::optional<at::Tensor>& t) { return t.has_value() ? cont(*t) : at::Tensor(); };
   const at::Tensor gy = opt(grad_y), gc = opt(grad_c), gg = L.fgr ? opt(grad_g) : at::Tensor();
+  const int64_t steps = acts.size(0), batch = acts.size(1);
+  if (gy.defined()) check_shape(gy, {steps, batch, n}, "grad_y");
+  if (gc.defined()) check_shape(gc, {steps, batch, n}, "grad_c");
+  if (gg.defined()) check_shape(gg, {steps, batch, 3 * n}, "grad_g");
   const at::Tensor wc = w.contiguous(), gwc = cont(gw), pc = cont(peep);
   const at::Tensor h = h0.contiguous(), c = c0.contiguous(), g = cont(g0);
   if (acts.scalar_type() == at::kFloat)
@@ -624,8 +649,9 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& xp, const at::Tensor& w, c
                                     const at::Tensor& h0) {
   check(xp, w);
   const int64_t n = h0.size(1);
-  TORCH_CHECK(xp.size(2) == 3 * n && w.size(0) == 3 * n && w.size(1) == n && b_hn.numel() == n,
-              "GRU shapes do not match");
+  check_shape(xp, {xp.size(0), h0.size(0), 3 * n}, "GRU projected inputs");
+  check_shape(w, {3 * n, n}, "GRU recurrent weight");
+  check_shape(b_hn, {n}, "GRU b_hn");
   const at::Tensor x = xp.contiguous(), wc = w.contiguous(), b = b_hn.contiguous(), h = h0.contiguous();
   if (xp.scalar_type() == at::kFloat) return gru_forward_impl<float>(x, wc, b, h);
   TORCH_CHECK(xp.scalar_type() == at::kDouble, "the C++ GRU kernels take float32 or float64");
@@ -635,6 +661,7 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& xp, const at::Tensor& w, c
 std::vector<at::Tensor> gru_backward(const at::Tensor& rec_n, const at::Tensor& acts, const at::Tensor& ys,
                                      const at::Tensor& w, const at::Tensor& h0, const at::Tensor& grad_y) {
   check(acts, w);
+  check_shape(grad_y, {acts.size(0), acts.size(1), h0.size(1)}, "grad_y");
   const at::Tensor wc = w.contiguous(), h = h0.contiguous(), gy = grad_y.contiguous();
   if (acts.scalar_type() == at::kFloat) return gru_backward_impl<float>(rec_n, acts, ys, wc, h, gy);
   return gru_backward_impl<double>(rec_n, acts, ys, wc, h, gy);
@@ -802,8 +829,9 @@ std::vector<at::Tensor> plstm_forward(const at::Tensor& xp, const at::Tensor& w_
                                       const at::Tensor& s0) {
   check(xp, w_r);
   const int64_t n = s0.size(1);
-  TORCH_CHECK(xp.size(2) == 4 * n && w_r.size(0) == 3 * n && w_r.size(1) == n && w_o.size(0) == n &&
-                  w_o.size(1) == n, "PLSTM shapes do not match");
+  check_shape(xp, {xp.size(0), s0.size(0), 4 * n}, "PLSTM projected inputs");
+  check_shape(w_r, {3 * n, n}, "PLSTM weight_hh");
+  check_shape(w_o, {n, n}, "PLSTM weight_ho");
   const at::Tensor x = xp.contiguous(), wr = w_r.contiguous(), wo = w_o.contiguous(), s = s0.contiguous();
   if (xp.scalar_type() == at::kFloat) return plstm_forward_impl<float>(x, wr, wo, s);
   TORCH_CHECK(xp.scalar_type() == at::kDouble, "the C++ PLSTM kernels take float32 or float64");
@@ -818,6 +846,8 @@ std::vector<at::Tensor> plstm_backward(const at::Tensor& acts, const at::Tensor&
   check(acts, w_r);
   auto opt = [](const c10::optional<at::Tensor>& t) { return t.has_value() ? cont(*t) : at::Tensor(); };
   const at::Tensor gy = opt(grad_y), gs = opt(grad_s);
+  for (const at::Tensor* g : {&gy, &gs})
+    if (g->defined()) check_shape(*g, {acts.size(0), acts.size(1), s0.size(1)}, "PLSTM gradient");
   const at::Tensor wr = w_r.contiguous(), wo = w_o.contiguous(), s = s0.contiguous();
   if (acts.scalar_type() == at::kFloat)
     return plstm_backward_impl<float>(acts, reads, ss, ys, phi0, wr, wo, s, gy, gs);
