@@ -185,6 +185,16 @@ def _sqlite_on_begin(conn: sa.Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
+def _serialise_sqlite_transactions(engine: sa.Engine) -> None:
+    # Python's sqlite3 runs a SELECT outside any transaction, so two workers can both read a trial as
+    # WAITING and both mark it RUNNING: one trial trained twice. Optuna's engine gets BEGIN IMMEDIATE
+    # on every transaction (its sessions are short), which makes read-then-write atomic on SQLite as
+    # SELECT ... FOR UPDATE does on PostgreSQL; connections opened before this are replaced.
+    event.listen(engine, "connect", _sqlite_on_connect)
+    event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+    engine.dispose()
+
+
 #: execution option: open the transaction with BEGIN IMMEDIATE on SQLite (ignored elsewhere)
 SQLITE_IMMEDIATE = "odyssey_sqlite_immediate"
 
@@ -225,13 +235,16 @@ def optuna_storage(
                what="connect")
 
     def create() -> Any:
-        return optuna.storages.RDBStorage(
+        storage = optuna.storages.RDBStorage(
             resolved,
             engine_kwargs=engine_kwargs(resolved),
             heartbeat_interval=heartbeat_interval,
             grace_period=grace_period,
             heartbeat_stale_trial_callback=stale_trial_callback,
         )
+        if resolved.startswith("sqlite"):
+            _serialise_sqlite_transactions(storage.engine)
+        return storage
 
     def build() -> Any:
         if not resolved.startswith("postgresql"):

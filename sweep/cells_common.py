@@ -7,8 +7,8 @@ import warnings
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from storage.errors import OdysseyError
 
@@ -94,13 +94,47 @@ def _run_torch_rnn(
     if lengths is None:
         out = rnn(x, hx_arg, params, True, 1, 0.0, layer.training, False, True)
         return out[0], tuple(s[0] for s in out[1:])
-    packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-    order, unorder = packed.sorted_indices, packed.unsorted_indices
-    hx = tuple(s.index_select(1, order) for s in hx)
-    hx_arg = hx if kind == "lstm" else hx[0]
-    out = rnn(packed.data, packed.batch_sizes, hx_arg, params, True, 1, 0.0, layer.training, False)
-    ys, _ = pad_packed_sequence(packed._replace(data=out[0]), batch_first=True, total_length=x.size(1))
-    return ys, tuple(s[0].index_select(0, unorder) for s in out[1:])
+    return _run_segments(rnn, kind, layer, x, lengths, hx, params)
+
+
+def _run_segments(
+    rnn: Callable,
+    kind: str,
+    layer: nn.Module,
+    x: Tensor,
+    lengths: Tensor,
+    hx: tuple[Tensor, ...],
+    params: list[Tensor],
+) -> tuple[Tensor, tuple[Tensor, ...]]:
+    # Torch's packed-sequence path runs step by step on the CPU (7x slower than the fused kernel for a
+    # JSB batch of 4). Instead: sort the rows by length and run the fused kernel once per time segment
+    # between distinct lengths, dropping the rows that have ended, so padding never reaches a state.
+    batch, steps = x.size(0), x.size(1)
+    order = torch.argsort(lengths.detach().cpu(), descending=True, stable=True)
+    ordered = lengths.detach().cpu()[order].tolist()
+    index = order.to(x.device)
+    xs = x.index_select(0, index)
+    state = tuple(s.index_select(1, index) for s in hx)
+    active = sum(1 for n in ordered if n > 0)
+    ends = [tuple(s[:, active:] for s in state)]  # empty rows keep their initial state
+    chunks, start = [], 0
+    for stop in sorted({n for n in ordered if n > 0}):
+        part = [s[:, :active].contiguous() for s in state]
+        out = rnn(xs[:active, start:stop], tuple(part) if kind == "lstm" else part[0], params, True, 1, 0.0,
+                  layer.training, False, True)
+        state = tuple(out[1:])
+        still = sum(1 for n in ordered if n > stop)
+        ends.append(tuple(s[:, still:active] for s in state))
+        chunks.append(F.pad(out[0], (0, 0, 0, 0, 0, batch - active)))
+        active, start = still, stop
+    if start < steps:
+        chunks.append(x.new_zeros(batch, steps - start, chunks[0].size(2) if chunks else hx[0].size(2)))
+    ys = torch.cat(chunks, 1)
+    finals = tuple(torch.cat([e[i] for e in reversed(ends)], 1) for i in range(len(hx)))
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(batch)
+    inverse = inverse.to(x.device)
+    return ys.index_select(0, inverse), tuple(f[0].index_select(0, inverse) for f in finals)
 
 
 def script(fn: Callable) -> Callable:

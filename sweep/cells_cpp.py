@@ -1,17 +1,18 @@
-"""Builds and loads the C++ kernels of the LSTM family (`sweep/csrc/lstm_family.cpp`), once per machine.
+"""Builds and loads the C++ kernels of the recurrent cells (`sweep/csrc/lstm_family.cpp`), once per machine.
 
 The source ships with the package and is compiled on first use with `torch.utils.cpp_extension.load`
 (needs a C++ compiler and ninja) into `$TORCH_EXTENSIONS_DIR` (default `~/.cache/torch_extensions`);
 later processes load the built module in well under a second. The module name carries a hash of the
-source and the torch version, so an edited source or a new torch gets a fresh build.
+source, the torch version, the Python ABI and the platform, so any of them changing gets a fresh build.
 
-`ODYSSEY_CELLS_BACKEND` picks the LSTM-family kernel:
+`ODYSSEY_CELLS_BACKEND` picks the LSTM-family kernel (`sweep.cells_fused`):
 
 * `auto` (default): the C++ kernels on CPU tensors when they build, else TorchScript;
 * `cpp`: the C++ kernels on CPU tensors, and an error if they cannot be built;
 * `script`: the TorchScript loops; `python`: the same loops run eagerly (slowest, for debugging).
 
-CUDA tensors always take the TorchScript path.
+CUDA tensors always take the TorchScript path. `gru_cpp` and `pseudo_cpp` are drop-in C++ versions of
+the GRU and PLSTM kernels (`sweep.cells_gru_fused.gru_fused`, `sweep.cells_pseudo_fused.pseudo_fused`).
 """
 
 from __future__ import annotations

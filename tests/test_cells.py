@@ -566,6 +566,17 @@ def test_unknown_backend_raises(monkeypatch) -> None:
     assert "\n" not in str(info.value)
 
 
+def test_backend_routing(monkeypatch) -> None:
+    """Only CPU float32/float64 tensors go to the C++ kernels; other devices and dtypes keep TorchScript."""
+    monkeypatch.setenv(cells_cpp.ENV_VAR, "cpp")
+    assert cells_cpp.backend_for(torch.zeros(1)) == "cpp"
+    assert cells_cpp.backend_for(torch.zeros(1, dtype=DT)) == "cpp"
+    assert cells_cpp.backend_for(torch.zeros(1, dtype=torch.bfloat16)) == "script"
+    assert cells_cpp.backend_for(torch.zeros(1, device="meta")) == "script"  # stands in for a GPU
+    monkeypatch.setenv(cells_cpp.ENV_VAR, " Script ")
+    assert cells_cpp.backend_for(torch.zeros(1)) == "script"
+
+
 def test_failed_build_falls_back_to_torchscript(monkeypatch, caplog) -> None:
     def no_compiler():
         raise RuntimeError("Error building extension 'odyssey':\nc++: command not found")

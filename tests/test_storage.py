@@ -421,3 +421,40 @@ def test_password_from_pgpassword_works_and_is_scrubbed(pg_server, monkeypatch) 
     check_connection(bare)
     exc = sa.exc.OperationalError("connect", {}, Exception(f"auth with {PASSWORD} failed"))
     assert PASSWORD not in str(translate(exc, bare))
+
+
+def _claim_all(url: str, study_name: str, barrier, rounds: int) -> list[int]:
+    import optuna
+    from optuna.trial import TrialState
+
+    storage = optuna_storage(url)
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    won = []
+    for trial in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)[:rounds]:
+        barrier.wait()
+        try:
+            if storage.set_trial_state_values(trial._trial_id, TrialState.RUNNING):
+                won.append(trial.number)
+        except Exception:  # another process won and finished the state change first
+            pass
+    return won
+
+
+@pytest.mark.parametrize("url", ["sqlite", "postgresql"], indirect=True)
+def test_a_waiting_trial_is_claimed_by_exactly_one_process(url: str) -> None:
+    """Workers claim trials by moving them WAITING -> RUNNING: two must never both win one trial."""
+    import concurrent.futures
+    import multiprocessing
+
+    import optuna
+
+    rounds, procs = 15, 3
+    study = optuna.create_study(study_name="claims", storage=optuna_storage(url))
+    for i in range(rounds):
+        study.enqueue_trial({"x": float(i)})
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Manager().Barrier(procs)
+    with concurrent.futures.ProcessPoolExecutor(procs, mp_context=ctx) as pool:
+        futures = [pool.submit(_claim_all, url, "claims", barrier, rounds) for _ in range(procs)]
+        winners = [n for f in futures for n in f.result(timeout=120)]
+    assert sorted(winners) == list(range(rounds))

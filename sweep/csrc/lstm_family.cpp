@@ -36,7 +36,9 @@ namespace {
 
 // One build runs on any x86-64; the elementwise loops get AVX-512 / AVX2 clones picked at load time
 // (-march=native is not an option: the build cache may be shared between machines).
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+// (GCC 11+ knows the x86-64-v* levels; the clones dispatch through glibc's ifunc)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 && \
+    defined(__GLIBC__)
 #define ODY_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define ODY_CLONES
@@ -114,7 +116,8 @@ void gemm(char ta, char tb, int64_t m, int64_t n, int64_t k, const T* a, int64_t
           int64_t ldb, T beta, T* c, int64_t ldc) {
   if (m == 0 || n == 0) return;
   const int64_t big = std::numeric_limits<int>::max();
-  if (k > 0 && use_blas && have_blas<T>() && m < big && n < big && k < big && lda < big && ldb < big && ldc < big) {
+  const bool fits = m < big && n < big && k < big && lda < big && ldb < big && ldc < big;
+  if (k > 0 && use_blas && have_blas<T>() && fits) {
     const T one = 1;
     blas(&ta, &tb, &m, &n, &k, &one, a, &lda, b, &ldb, &beta, c, &ldc);
     return;
@@ -546,7 +549,8 @@ ODY_CLONES void gru_forward_rows(int64_t rows, int64_t n, const float* xp, const
   gru_forward_rows_impl<float>(rows, n, xp, rec, b_hn, h, acts, rec_n, y);
 }
 ODY_CLONES void gru_forward_rows(int64_t rows, int64_t n, const double* xp, const double* rec,
-                                 const double* b_hn, const double* h, double* acts, double* rec_n, double* y) {
+                                 const double* b_hn, const double* h, double* acts, double* rec_n,
+                                 double* y) {
   gru_forward_rows_impl<double>(rows, n, xp, rec, b_hn, h, acts, rec_n, y);
 }
 
@@ -789,8 +793,9 @@ std::vector<at::Tensor> plstm_forward_impl(const at::Tensor& xp, const at::Tenso
 
 template <typename T>
 std::vector<at::Tensor> plstm_backward_impl(const at::Tensor& acts, const at::Tensor& reads,
-                                            const at::Tensor& ss, const at::Tensor& ys, const at::Tensor& phi0,
-                                            const at::Tensor& w_r, const at::Tensor& w_o, const at::Tensor& s0,
+                                            const at::Tensor& ss, const at::Tensor& ys,
+                                            const at::Tensor& phi0, const at::Tensor& w_r,
+                                            const at::Tensor& w_o, const at::Tensor& s0,
                                             const at::Tensor& grad_y, const at::Tensor& grad_s) {
   const int64_t steps = acts.size(0), batch = acts.size(1), n = s0.size(1), bn = batch * n, ga = 4 * n;
   at::Tensor d_act = at::empty_like(acts);
@@ -821,7 +826,8 @@ std::vector<at::Tensor> plstm_backward_impl(const at::Tensor& acts, const at::Te
   at::Tensor dw_o = at::empty_like(w_o);
   gemm<T>('N', 'T', n, n, batch, phi0.data_ptr<T>(), n, da + 3 * n, ga, T(0), dw_o.data_ptr<T>(), n);
   if (steps > 1)
-    gemm<T>('N', 'T', n, n, (steps - 1) * batch, y, n, da + batch * ga + 3 * n, ga, T(1), dw_o.data_ptr<T>(), n);
+    gemm<T>('N', 'T', n, n, (steps - 1) * batch, y, n, da + batch * ga + 3 * n, ga, T(1),
+            dw_o.data_ptr<T>(), n);
   return {d_act, dw_r, dw_o, ds0};
 }
 
