@@ -1,7 +1,7 @@
 """Forward+backward time of every cell variant, as a ratio to torch.nn.LSTM on the same shapes and run.
 
     .venv/bin/python bench/cells.py [--quick] [--device cuda] [--threads 1] [--variants V,NP,...]
-                                    [--backend auto|cpp|script|python] [--gru-plstm-cpp]
+                                    [--backend auto|cpp|script|python]
 
 Prints a markdown table: one row per shape, one column per variant, each cell the median (or, with
 `--stat min`, the best) time of one forward+backward batch divided by torch.nn.LSTM's (measured
@@ -112,12 +112,7 @@ def main() -> None:
         "--backend",
         default=None,
         choices=cells_cpp.BACKENDS,
-        help=f"LSTM-family kernel (sets ${cells_cpp.ENV_VAR}; default: the environment's, else auto)",
-    )
-    parser.add_argument(
-        "--gru-plstm-cpp",
-        action="store_true",
-        help="run GRU and PLSTM on the C++ kernels (cells_cpp.gru_cpp / pseudo_cpp) instead of TorchScript",
+        help=f"kernel of every cell but NP (sets ${cells_cpp.ENV_VAR}; default: environment, else auto)",
     )
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated variant codes")
     args = parser.parse_args()
@@ -125,12 +120,6 @@ def main() -> None:
     if args.backend:
         os.environ[cells_cpp.ENV_VAR] = args.backend
     backend = cells_cpp.requested_backend()
-    if args.gru_plstm_cpp:
-        from sweep import cells_gru, cells_pseudo
-
-        # the layers call the kernel through these module-level names
-        cells_gru.gru_fused = cells_cpp.gru_cpp
-        cells_pseudo.pseudo_fused = cells_cpp.pseudo_cpp
     if backend in ("auto", "cpp") and args.device == "cpu":
         backend = "cpp" if cells_cpp.load(required=backend == "cpp") is not None else "script"
     if args.clock == "cpu" and (args.device != "cpu" or args.threads != 1):
@@ -144,9 +133,8 @@ def main() -> None:
     shapes = SHAPES[::3] if args.quick else SHAPES
     print(
         f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, {args.clock} "
-        f"clock, {args.stat} of {repeats} fwd+bwd batches, LSTM-family kernel {backend}, GRU/PLSTM kernel "
-        f"{'cpp' if args.gru_plstm_cpp else 'script'}; "
-        "cells: time / torch.nn.LSTM time"
+        f"clock, {args.stat} of {repeats} fwd+bwd batches, kernel {backend} "
+        "(all but NP); cells: time / torch.nn.LSTM time"
     )
     print()
     columns = [*variants, TORCH_GRU]

@@ -110,4 +110,8 @@ class _GRUFunction(torch.autograd.Function):
 
 def gru_fused(xp: Tensor, weight_hh: Tensor, bias_hn: Tensor, h0: Tensor) -> Tensor:
     """Run time-major projected inputs xp (T, B, 3N); returns the time-major states (= outputs)."""
+    from sweep import cells_cpp
+
+    if cells_cpp.backend_for(xp) == "cpp":
+        return cells_cpp.gru_cpp(xp, weight_hh, bias_hn, h0)
     return _GRUFunction.apply(xp, weight_hh, bias_hn, h0)

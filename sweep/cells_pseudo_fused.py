@@ -139,4 +139,8 @@ class _PseudoFunction(torch.autograd.Function):
 
 def pseudo_fused(xp: Tensor, weight_hh: Tensor, weight_ho: Tensor, s0: Tensor) -> tuple[Tensor, Tensor]:
     """Run time-major projected inputs xp (T, B, 4N); returns time-major outputs phi(s_t) and states s_t."""
+    from sweep import cells_cpp
+
+    if cells_cpp.backend_for(xp) == "cpp":
+        return cells_cpp.pseudo_cpp(xp, weight_hh, weight_ho, s0)
     return _PseudoFunction.apply(xp, weight_hh, weight_ho, s0)

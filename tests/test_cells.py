@@ -637,10 +637,12 @@ def gru_inputs(dtype: torch.dtype, steps: int = 7, batch: int = 3, n: int = 37) 
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_cpp_gru_kernel_equals_torchscript_kernel(dtype: torch.dtype, kernel_calls) -> None:
-    """`cells_cpp.gru_cpp` is a drop-in for `cells_gru_fused.gru_fused`: same states and gradients."""
+def test_cpp_gru_kernel_equals_torchscript_kernel(dtype: torch.dtype, kernel_calls, monkeypatch) -> None:
+    """`cells_cpp.gru_cpp` equals the TorchScript kernel of `cells_gru_fused.gru_fused`: same states and
+    gradients."""
     from sweep.cells_gru_fused import gru_fused
 
+    monkeypatch.setenv(cells_cpp.ENV_VAR, "script")  # gru_fused's own path; gru_cpp is called directly
     inputs = gru_inputs(dtype)
     results = []
     for fn in (gru_fused, cells_cpp.gru_cpp):
@@ -672,11 +674,14 @@ def pseudo_inputs(dtype: torch.dtype, steps: int = 7, batch: int = 3, n: int = 3
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("state_loss", [False, True])
-def test_cpp_pseudo_kernel_equals_torchscript_kernel(dtype, state_loss: bool, kernel_calls) -> None:
-    """`cells_cpp.pseudo_cpp` is a drop-in for `cells_pseudo_fused.pseudo_fused` (with or without a
-    gradient reaching the states)."""
+def test_cpp_pseudo_kernel_equals_torchscript_kernel(
+    dtype, state_loss: bool, kernel_calls, monkeypatch
+) -> None:
+    """`cells_cpp.pseudo_cpp` equals the TorchScript kernel of `cells_pseudo_fused.pseudo_fused` (with or
+    without a gradient reaching the states)."""
     from sweep.cells_pseudo_fused import pseudo_fused
 
+    monkeypatch.setenv(cells_cpp.ENV_VAR, "script")
     inputs = pseudo_inputs(dtype)
     results = []
     for fn in (pseudo_fused, cells_cpp.pseudo_cpp):
@@ -690,3 +695,12 @@ def test_cpp_pseudo_kernel_equals_torchscript_kernel(dtype, state_loss: bool, ke
 
 def test_cpp_pseudo_kernel_gradcheck(kernel_calls) -> None:
     assert torch.autograd.gradcheck(cells_cpp.pseudo_cpp, pseudo_inputs(DT, 3, 2, N), eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(("variant", "kernel"), [("GRU", "gru_forward"), ("PLSTM", "plstm_forward")])
+def test_gru_and_plstm_layers_run_on_the_cpp_kernel(variant: str, kernel: str, kernel_calls) -> None:
+    torch.manual_seed(0)
+    layer = make_recurrent(variant, 5, 8)
+    y, _ = layer(torch.randn(2, 6, 5), torch.tensor([6, 3]))
+    y.sum().backward()
+    assert kernel in kernel_calls
