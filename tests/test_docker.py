@@ -587,6 +587,20 @@ def test_runtime_runs_odyssey_as_a_non_root_user(dockerfile: Parsed) -> None:
             assert not re.search(r"(?i)password|secret|token", instruction.args), instruction
 
 
+def test_image_ships_the_prebuilt_cell_kernels_without_a_compiler(dockerfile: Parsed) -> None:
+    """Workers must not compile (or fall back to the slower kernels) at start: the builder builds the C++
+    kernels into TORCH_EXTENSIONS_DIR and the runtime copies them, owned by the app user."""
+    _, stages = dockerfile
+    builder, runtime = stages[0], stages[-1]
+    assert any("cells_cpp.load(required=True)" in i.args for i in builder.find("RUN"))
+    for stage in (builder, runtime):
+        envs = [i.args for i in stage.find("ENV")]
+        assert any("TORCH_EXTENSIONS_DIR=/opt/torch_extensions" in e for e in envs), stage.name
+    copies = [i.args for i in runtime.find("COPY") if "/opt/torch_extensions" in i.args]
+    assert copies and "--chown=${APP_UID}:${APP_GID}" in copies[0]
+    assert not any("g++" in i.args for i in runtime.find("RUN")), "no compiler in the runtime image"
+
+
 @pytest.mark.slow
 def test_package_builds_from_the_docker_build_context(tmp_path: Path) -> None:
     # What `COPY . .` + `pip install --no-deps .` see: the repo minus .dockerignore.
