@@ -219,6 +219,7 @@ class Worker:
         self.trials_run = 0
         self._targets: dict[str, _Target] = {}
         self._last_stale_check: dict[str, float] = {}
+        self._waiting: dict[int, list[int]] = {}  # study id -> waiting trial ids, in number order
         self._failures = 0
         self._prefix = f"[{config.label}] " if config.label else ""
 
@@ -260,14 +261,21 @@ class Worker:
         return with_retry(read, self.url, what="count trials")
 
     def _candidates(self, target: _Target) -> list[int]:
-        """The ids of the first waiting trials by number (as Optuna's own enqueued-trial pop reads them)."""
+        """The ids of the first waiting trials by number (as Optuna's own enqueued-trial pop orders them).
 
-        def read() -> list[int]:
-            waiting = self.storage.get_all_trials(
-                target.study_id, deepcopy=False, states=(TrialState.WAITING,))
-            return [t._trial_id for t in sorted(waiting, key=lambda t: t.number)[:CLAIM_WINDOW]]
+        Listing loads every waiting trial, so the list is kept and only re-read once it is used up: an id
+        that another worker took meanwhile just loses its claim, which costs one short transaction.
+        """
+        cached = self._waiting.get(target.study_id)
+        if not cached:
 
-        return with_retry(read, self.url, what="list waiting trials")
+            def read() -> list[int]:
+                waiting = self.storage.get_all_trials(
+                    target.study_id, deepcopy=False, states=(TrialState.WAITING,))
+                return [t._trial_id for t in sorted(waiting, key=lambda t: t.number)]
+
+            cached = self._waiting[target.study_id] = with_retry(read, self.url, what="list waiting trials")
+        return cached[:CLAIM_WINDOW]
 
     def _claim(self, target: _Target) -> FrozenTrial | None:
         """Atomically move one waiting trial to RUNNING; None when none is waiting."""
@@ -277,6 +285,7 @@ class Worker:
                 return None
             random.shuffle(ids)
             for trial_id in ids:
+                self._waiting[target.study_id].remove(trial_id)
                 attempts = 0
 
                 def claim(tid: int = trial_id) -> bool:
