@@ -263,8 +263,8 @@ class Worker:
     def _candidates(self, target: _Target) -> list[int]:
         """The ids of the first waiting trials by number (as Optuna's own enqueued-trial pop orders them).
 
-        Listing loads every waiting trial, so the list is kept and only re-read once it is used up: an id
-        that another worker took meanwhile just loses its claim, which costs one short transaction.
+        Listing loads every waiting trial, so the list is kept between claims and read afresh only when
+        it is used up or a claim on it was lost to another worker (then it is stale).
         """
         cached = self._waiting.get(target.study_id)
         if not cached:
@@ -283,30 +283,34 @@ class Worker:
             ids = self._candidates(target)
             if not ids:
                 return None
-            random.shuffle(ids)
-            for trial_id in ids:
-                self._waiting[target.study_id].remove(trial_id)
-                attempts = 0
+            # A random pick among the first few spreads concurrent workers over different rows.
+            trial_id = random.choice(ids)
+            self._waiting[target.study_id].remove(trial_id)
+            attempts = 0
 
-                def claim(tid: int = trial_id) -> bool:
-                    nonlocal attempts
-                    attempts += 1
-                    return self.storage.set_trial_state_values(tid, TrialState.RUNNING)
+            def claim(tid: int = trial_id) -> bool:
+                nonlocal attempts
+                attempts += 1
+                return self.storage.set_trial_state_values(tid, TrialState.RUNNING)
 
-                try:
-                    won = with_retry(claim, self.url, what="claim a trial")
-                except UpdateFinishedTrialError:
-                    continue
-                if not won and attempts > 1:
+            try:
+                won = with_retry(claim, self.url, what="claim a trial")
+            except UpdateFinishedTrialError:
+                won = False
+            if not won:
+                if attempts > 1:
                     # A retried claim may have committed before the connection dropped and then read as
                     # lost: a heartbeat lets the stale check re-queue the trial if nobody runs it.
                     with_retry(lambda tid=trial_id: self.storage.record_heartbeat(tid), self.url,
                                what="record a heartbeat")
-                if won:
-                    # A heartbeat at once, so even a worker killed right now has its trial re-queued.
-                    with_retry(lambda tid=trial_id: self.storage.record_heartbeat(tid), self.url,
-                               what="record a heartbeat")
-                    return with_retry(lambda tid=trial_id: self.storage.get_trial(tid), self.url)
+                # Another worker took it: the kept list is stale; trying its other ids would queue on
+                # the row locks every other worker is after too.
+                self._waiting.pop(target.study_id, None)
+                continue
+            # A heartbeat at once, so even a worker killed right now has its trial re-queued.
+            with_retry(lambda tid=trial_id: self.storage.record_heartbeat(tid), self.url,
+                       what="record a heartbeat")
+            return with_retry(lambda tid=trial_id: self.storage.get_trial(tid), self.url)
 
     def _check_stale(self, target: _Target, force: bool = False) -> None:
         now = time.monotonic()
