@@ -335,6 +335,12 @@ def is_connection_error(exc: BaseException) -> bool:
     """Whether ``exc`` is about reaching or logging into the database (rather than a bad statement)."""
     if isinstance(exc, OdysseyError):
         return False
+    # A PostgreSQL error that carries a SQLSTATE says what it is: only class 08 (connection exception)
+    # and 28 (invalid authorization) are about reaching the database; a bad statement ("relation
+    # connections does not exist") must not read as one because its text mentions "connect".
+    sqlstate = next((s for s in (getattr(item, "sqlstate", None) for item in _chain(exc)) if s), None)
+    if sqlstate:
+        return sqlstate[:2] in ("08", "28") or sqlstate in ("57P01", "57P02", "57P03", "3D000")
     text = _messages(exc)
     if "is locked" in text:  # SQLite contention: connected fine, the file was busy
         return False

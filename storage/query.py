@@ -147,9 +147,10 @@ def export(url: str | None, study: str, path: str | os.PathLike[str], format: st
     if not target.parent.exists():
         raise OdysseyError(f"cannot write {target}: directory {target.parent} does not exist")
     frame = trials_dataframe(url, study)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    os.close(fd)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        os.close(fd)
         if fmt == "csv":
             frame.to_csv(tmp, index=False, date_format="%Y-%m-%dT%H:%M:%S.%f%z")
         else:
@@ -158,8 +159,9 @@ def export(url: str | None, study: str, path: str | os.PathLike[str], format: st
     except OSError as exc:
         raise OdysseyError(f"cannot write {target}: {exc.strerror or exc}") from None
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
     return target
 
 

@@ -469,11 +469,13 @@ def _typed(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def load_study(url: str | None, name: str) -> StudyData:
+def load_study(url: str | None, name: str, *, epochs: bool = True) -> StudyData:
     """Load a study's spec, trials (one row per designed trial, one column per hyperparameter) and epochs.
 
+    ``epochs=False`` leaves the epoch frame empty: the largest table, not needed to count or rank trials.
     Raises OdysseyError("study 'x' not found in <url>") for an unknown study.
     """
+    with_epochs = epochs
 
     def missing(resolved: str) -> StudyData:
         raise _not_found(name, resolved)
@@ -485,10 +487,12 @@ def load_study(url: str | None, name: str) -> StudyData:
         param_rows = conn.execute(
             sa.select(param_table.c.slot, param_table.c.name, param_table.c.value)
             .where(param_table.c.study == name)).all()
-        epoch_rows = conn.execute(
-            sa.select(epochs, trials.c.trial_number, trials.c.variant)
-            .join(trials, sa.and_(trials.c.study == epochs.c.study, trials.c.slot == epochs.c.slot))
-            .where(epochs.c.study == name).order_by(epochs.c.slot, epochs.c.epoch)).mappings().all()
+        epoch_rows: list = []
+        if with_epochs:
+            epoch_rows = conn.execute(
+                sa.select(epochs, trials.c.trial_number, trials.c.variant)
+                .join(trials, sa.and_(trials.c.study == epochs.c.study, trials.c.slot == epochs.c.slot))
+                .where(epochs.c.study == name).order_by(epochs.c.slot, epochs.c.epoch)).mappings().all()
         spec = dict(study_row.spec or {})
         names = _space_order(spec, {p.name for p in param_rows})
         columns = {n: (n if n not in TRIAL_HEAD + TRIAL_TAIL else f"param_{n}") for n in names}
@@ -539,7 +543,7 @@ def list_studies(url: str | None) -> pd.DataFrame:
 
 def trials_dataframe(url: str | None, study: str, state: str | None = None) -> pd.DataFrame:
     """The trials of ``study`` as a DataFrame (optionally only those in ``state``), for notebooks."""
-    frame = load_study(url, study).trials
+    frame = load_study(url, study, epochs=False).trials
     if state is not None:
         frame = frame[frame["state"] == state].reset_index(drop=True)
     return frame

@@ -20,15 +20,16 @@ _SQLITE_DRIVERS = {"sqlite", "sqlite+pysqlite"}
 # user:password@ in a URL-ish string, for text make_url cannot parse.
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@\s]*)@")
 # password=... in a libpq key/value DSN, which psycopg error messages may echo.
-_DSN_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+_DSN_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]+)", re.IGNORECASE)
 
 
 def mask_url(url: str | URL) -> str:
     """Return ``url`` with its password replaced by ``***`` (text that is not a URL is scrubbed too)."""
+    # scrub() as well: libpq also takes the password as a query parameter (?password=...).
     if isinstance(url, URL):
-        return url.render_as_string(hide_password=True)
+        return scrub(url.render_as_string(hide_password=True))
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        return scrub(make_url(url).render_as_string(hide_password=True))
     except (ArgumentError, ValueError, TypeError):
         return scrub(str(url))
 
@@ -50,11 +51,13 @@ def secrets_of(url: str) -> tuple[str, ...]:
 
 
 def password_of(url: str) -> str | None:
-    """The password in ``url`` (None if absent or the URL does not parse)."""
+    """The password in ``url``, in its user-info or its query string (None if absent or unparsable)."""
     try:
-        return make_url(url).password
+        parsed = make_url(url)
     except (ArgumentError, ValueError, TypeError):
         return None
+    query = parsed.query.get("password")
+    return parsed.password or (query if isinstance(query, str) else None)
 
 
 def resolve_url(url: str | None) -> str:

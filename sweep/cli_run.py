@@ -22,10 +22,9 @@ def _fmt_eta(seconds: float | None) -> str:
 class _Display:
     """A rich progress display: one bar per variant with its best score, and an overall bar with ETA."""
 
-    def __init__(self, variants: list[str], metric: str, live: bool) -> None:
+    def __init__(self, variants: list[str], live: bool) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self.metric = metric
         self.live = live
         self.progress = Progress(
             TextColumn("{task.description:>8}"), BarColumn(), MofNCompleteColumn(),
@@ -47,7 +46,7 @@ class _Display:
         for variant, task in self.tasks.items():
             done, total = p.per_variant.get(variant, (0, 0))
             best = p.best.get(variant)
-            info = f"best {self.metric} {best:.4g}" if best is not None else ""
+            info = f"best valid {best:.4g}" if best is not None else ""
             self.progress.update(task, completed=done, total=total or None, info=info)
         self.progress.update(self.overall, completed=p.finished, total=p.total or None,
                              info=f"{p.running} running, ETA {_fmt_eta(p.eta_seconds)}")
@@ -97,7 +96,7 @@ def run(spec_path: str, url: str | None, workers: int | None, devices: str, out:
     click.echo(f"{n_workers} worker(s) on {', '.join(device_list)}", err=True)
     live = sys.stderr.isatty()
     try:
-        with _Display(list(spec.variants), spec.metric, live) as display:
+        with _Display(list(spec.variants), live) as display:
             done = run_study(spec, resolved, n_workers, device_list, display.update,
                              heartbeat_interval=heartbeat_interval, grace_period=grace_period,
                              objective=objective)

@@ -12,6 +12,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,6 +23,18 @@ from storage.errors import OdysseyError
 
 LN2 = math.log(2.0)
 
+
+
+def read_data_file(file: Path, name: str) -> bytes:
+    """The bytes of a user's data file; an OdysseyError naming the dataset and the file if unreadable."""
+    if not file.exists():
+        raise OdysseyError(f"{name}: {file} not found")
+    if not file.is_file():
+        raise OdysseyError(f"{name}: {file} is not a file")
+    try:
+        return file.read_bytes()
+    except OSError as exc:
+        raise OdysseyError(f"{name}: {file}: cannot read ({exc.strerror or exc})") from None
 
 @dataclass(frozen=True)
 class Batch:

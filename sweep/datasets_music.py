@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from storage.errors import OdysseyError
-from sweep.datasets import BernoulliDataset, SequenceSplit
+from sweep.datasets import BernoulliDataset, SequenceSplit, read_data_file
 
 LOWEST_PITCH, HIGHEST_PITCH = 21, 108  # the piano's range, A0..C8
 N_PITCHES = HIGHEST_PITCH - LOWEST_PITCH + 1
@@ -63,13 +63,8 @@ def load_jsb(path: str | Path | None = None) -> MusicDataset:
         label = f"{PACKAGED} (package data)"
         raw = resources.files("sweep").joinpath("data", PACKAGED).read_bytes()
     else:
-        file = Path(path)
-        label = str(file)
-        if not file.is_file():
-            raise OdysseyError(
-                f"jsb: {label} not found" if not file.exists() else f"jsb: {label} is not a file"
-            )
-        raw = file.read_bytes()
+        label = str(path)
+        raw = read_data_file(Path(path), "jsb")
     return from_chorales(_parse(raw, label))
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from storage.errors import OdysseyError
-from sweep.datasets import LN2, StreamSplit, TokenDataset
+from sweep.datasets import LN2, StreamSplit, TokenDataset, read_data_file
 
 EOS, UNK = "<eos>", "<unk>"
 PTB_FILES = {"train": "ptb.train.txt", "valid": "ptb.valid.txt", "test": "ptb.test.txt"}
@@ -33,12 +33,9 @@ class CharDataset(TokenDataset):
 
 
 def _read_text(file: Path, name: str) -> str:
-    if not file.exists():
-        raise OdysseyError(f"{name}: {file} not found")
-    if not file.is_file():
-        raise OdysseyError(f"{name}: {file} is not a file")
+    raw = read_data_file(file, name)
     try:
-        return file.read_bytes().decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise OdysseyError(f"{name}: {file}: not UTF-8 text (byte {exc.start})") from None
 

@@ -1,15 +1,14 @@
 """`odyssey run`: create (or resume) a study, run local workers with live progress, write the report.
 
 The workers run in a child process (`run_workers`, which itself spawns one process per slot) so that this
-process stays free to poll the results database and draw the progress display. Ctrl-C reaches every
-process of the terminal's group: the workers ignore SIGINT and get SIGTERM from their parent, re-queue
-their running trials and exit 0, so a second `odyssey run` resumes where this one stopped.
+process stays free to poll the results database and draw the progress display. The workers run in a
+session of their own, so Ctrl-C reaches only this process, which sends them one SIGTERM: they re-queue
+their running trials and exit 0, and a second `odyssey run` resumes where this one stopped.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import multiprocessing as mp
 import os
 import signal
@@ -37,7 +36,7 @@ class Progress:
     total: int
     finished: int
     per_variant: dict[str, tuple[int, int]]  # variant -> (finished, total)
-    best: dict[str, float]  # variant -> best validation metric among finished trials
+    best: dict[str, float]  # variant -> lowest validation value of the dataset's primary metric
     running: int
     elapsed: float
 
@@ -49,30 +48,22 @@ class Progress:
 
 
 def default_workers() -> int:
-    """One worker per GPU where there are GPUs, else one per CPU core (each with one torch thread)."""
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            return torch.cuda.device_count()
-    except ImportError:  # pragma: no cover - torch is a dependency
-        pass
+    """One worker per CPU core (each with one torch thread); with GPUs the CLI uses one per GPU instead."""
     return max(1, os.cpu_count() or 1)
 
 
 def read_progress(url: str, spec: StudySpec, started: float) -> Progress:
     """Count finished trials per variant from the results tables."""
-    trials = results.load_study(url, spec.name).trials
+    trials = results.load_study(url, spec.name, epochs=False).trials
     per_variant: dict[str, tuple[int, int]] = {}
     best: dict[str, float] = {}
-    lower_is_better = spec.direction == "minimize"
     for variant in spec.variants:
         sub = trials[trials["variant"] == variant]
         done = sub[sub["state"].isin(FINISHED)]
         per_variant[variant] = (len(done), len(sub))
         scores = pd.to_numeric(done["best_valid"], errors="coerce").dropna()
         if len(scores):
-            best[variant] = float(scores.min() if lower_is_better else scores.max())
+            best[variant] = float(scores.min())  # the dataset's primary metric: lower is better
     finished = sum(d for d, _ in per_variant.values())
     total = sum(t for _, t in per_variant.values())
     running = int((trials["state"] == "running").sum())
@@ -116,34 +107,34 @@ def run_study(
 ) -> bool:
     """Run `workers` local workers on the study until it is done or Ctrl-C; returns True when done.
 
-    Raises KeyboardInterrupt after the workers have stopped cleanly (their trials re-queued).
+    On Ctrl-C (KeyboardInterrupt) or any other error the workers are stopped cleanly (their trials
+    re-queued) before the exception propagates.
     """
     if workers < 1:
         raise OdysseyError("--workers must be at least 1")
-    jobs = max(1, math.ceil(workers / len(devices)))
+    # Exactly `workers` slots, spread over the devices in turn; run_workers sets the CPU threads.
+    slots = [devices[i % len(devices)] for i in range(workers)]
     config = WorkerConfig(url=url, study=spec.name, heartbeat_interval=heartbeat_interval,
-                          grace_period=grace_period, objective=objective, poll_interval=min(poll, 2.0),
-                          threads=max(1, (os.cpu_count() or 1) // workers) if devices == ["cpu"] else None)
+                          grace_period=grace_period, objective=objective, poll_interval=min(poll, 2.0))
     started = time.monotonic()
-    proc = _start_supervisor(config, devices, jobs)
-    interrupted = False
+    proc = _start_supervisor(config, slots, 1)
     try:
         while proc.is_alive():
             on_progress(read_progress(url, spec, started))
             proc.join(poll)
-    except KeyboardInterrupt:
-        interrupted = True
-        if proc.pid is not None and proc.is_alive():
-            os.kill(proc.pid, signal.SIGTERM)
-        # A second Ctrl-C during the clean stop must not orphan the workers' trials.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        proc.join()
-    on_progress(read_progress(url, spec, started))
-    if interrupted:
-        raise KeyboardInterrupt
+    finally:
+        # Whatever ended the loop (Ctrl-C, a database gone for longer than the retry budget, a bug in the
+        # display), the workers re-queue their trials and stop before this process exits.
+        if proc.is_alive():
+            # A second Ctrl-C during the clean stop must not orphan the workers' trials.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            if proc.pid is not None:
+                os.kill(proc.pid, signal.SIGTERM)
+            proc.join()
     if proc.exitcode != 0:
         raise OdysseyError(f"a worker failed (exit status {proc.exitcode}); see the log lines above")
     final = read_progress(url, spec, started)
+    on_progress(final)
     return final.finished >= final.total
 
 

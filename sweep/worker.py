@@ -544,11 +544,19 @@ def resolve_devices(devices: str, objective: str | None = None) -> list[str]:
                 return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
         return ["cpu"]
     out = [d.strip() for d in devices.split(",") if d.strip()]
-    for device in out:
-        if device != "cpu" and not (device.startswith("cuda") or device == "mps"):
-            raise OdysseyError(f"unknown device {device!r} (use auto, cpu, cuda:N or a comma-separated list)")
     if not out:
         raise OdysseyError("no device given (use auto, cpu, cuda:N or a comma-separated list)")
+    if (objective or os.environ.get("ODYSSEY_OBJECTIVE") or "train") == "train":
+        # Check now, against this host's GPUs, rather than fail every trial a worker takes.
+        from sweep.training import resolve_device
+
+        for device in out:
+            resolve_device(device)
+    else:
+        for device in out:
+            if device != "cpu" and not device.startswith("cuda"):
+                raise OdysseyError(
+                    f"unknown device {device!r} (use auto, cpu, cuda:N or a comma-separated list)")
     return out
 
 

@@ -265,3 +265,15 @@ def test_unknown_dataset_and_option():
 def test_batch_to_keeps_lengths_on_cpu():
     batch = Batch(torch.zeros(2, 3, 1), torch.zeros(2, 3, 1), torch.tensor([3, 1]))
     assert batch.to("cpu").lengths.device.type == "cpu" and batch.n_steps == 4
+
+
+def test_an_unreadable_data_file_is_a_one_line_error(tmp_path, monkeypatch) -> None:
+    text = tmp_path / "corpus.txt"
+    text.write_text("hello world\n" * 50)
+
+    def refuse(self):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "read_bytes", refuse)
+    with pytest.raises(OdysseyError, match=r"^char: .*corpus.txt: cannot read \(Permission denied\)$"):
+        load_dataset("char", path=str(text))

@@ -90,6 +90,9 @@ def test_sql_errors_are_one_line(filled: str) -> None:
     assert "\n" not in str(info.value) and PASSWORD not in str(info.value)
     with pytest.raises(OdysseyError, match="empty"):
         run_readonly(filled, "  ;")
+    # a missing table whose name mentions "connect" is still a query error, not a connection problem
+    with pytest.raises(OdysseyError, match="^query failed:"):
+        run_readonly(filled, "SELECT * FROM connections")
 
 
 def test_query_on_missing_sqlite_file_is_an_error_and_creates_nothing(tmp_path) -> None:
@@ -122,6 +125,10 @@ def test_export_errors(filled: str, tmp_path) -> None:
         export(filled, "demo", tmp_path / "g.xlsx")
     with pytest.raises(OdysseyError, match="does not exist"):
         export(filled, "demo", tmp_path / "missing" / "g.csv")
+    not_a_folder = tmp_path.parent / "file"
+    not_a_folder.write_text("")
+    with pytest.raises(OdysseyError, match="cannot write"):
+        export(filled, "demo", not_a_folder / "g.csv")
     assert not list(tmp_path.iterdir())
 
 

@@ -458,3 +458,11 @@ def test_a_waiting_trial_is_claimed_by_exactly_one_process(url: str) -> None:
         futures = [pool.submit(_claim_all, url, "claims", barrier, rounds) for _ in range(procs)]
         winners = [n for f in futures for n in f.result(timeout=120)]
     assert sorted(winners) == list(range(rounds))
+
+
+def test_a_password_in_the_query_string_is_masked_too() -> None:
+    url = "postgresql+psycopg://odyssey@db.example/odyssey?password=Qs-secret-7&sslmode=require"
+    assert "Qs-secret-7" not in mask_url(url)
+    assert "sslmode=require" in mask_url(url)
+    exc = translate(RuntimeError(f"connection failed for {url}"), url)
+    assert "Qs-secret-7" not in str(exc)

@@ -37,3 +37,19 @@ def test_a_dead_slot_stops_the_worker_with_a_non_zero_exit(tmp_path: Path) -> No
     assert (trials["state"] == "waiting").sum() >= 6, time.monotonic() - started
     # ...and put its running trial back: only the crashed slot's trial is still marked running.
     assert (trials["state"] == "running").sum() <= 1
+
+
+@pytest.mark.parametrize(("devices", "message"), [
+    ("cuda:7", "cuda:7"),      # no such GPU on this host (or no CUDA at all)
+    ("mps", "unsupported device 'mps'"),
+    ("gpu0", "gpu0"),
+])
+def test_a_device_the_host_cannot_use_is_refused(tmp_path: Path, devices: str, message: str) -> None:
+    url = f"sqlite:///{tmp_path / 'odyssey.db'}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    args = [sys.executable, "-m", "sweep.cli", "worker", "--storage", url, "--devices", devices]
+    proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
