@@ -469,13 +469,12 @@ def _typed(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def load_study(url: str | None, name: str, *, epochs: bool = True) -> StudyData:
+def load_study(url: str | None, name: str, *, with_epochs: bool = True) -> StudyData:
     """Load a study's spec, trials (one row per designed trial, one column per hyperparameter) and epochs.
 
-    ``epochs=False`` leaves the epoch frame empty: the largest table, not needed to count or rank trials.
+    ``with_epochs=False`` leaves the epoch frame empty: the largest table, not needed to count or rank trials.
     Raises OdysseyError("study 'x' not found in <url>") for an unknown study.
     """
-    with_epochs = epochs
 
     def missing(resolved: str) -> StudyData:
         raise _not_found(name, resolved)
@@ -543,7 +542,7 @@ def list_studies(url: str | None) -> pd.DataFrame:
 
 def trials_dataframe(url: str | None, study: str, state: str | None = None) -> pd.DataFrame:
     """The trials of ``study`` as a DataFrame (optionally only those in ``state``), for notebooks."""
-    frame = load_study(url, study, epochs=False).trials
+    frame = load_study(url, study, with_epochs=False).trials
     if state is not None:
         frame = frame[frame["state"] == state].reset_index(drop=True)
     return frame

@@ -54,7 +54,7 @@ def default_workers() -> int:
 
 def read_progress(url: str, spec: StudySpec, started: float) -> Progress:
     """Count finished trials per variant from the results tables."""
-    trials = results.load_study(url, spec.name, epochs=False).trials
+    trials = results.load_study(url, spec.name, with_epochs=False).trials
     per_variant: dict[str, tuple[int, int]] = {}
     best: dict[str, float] = {}
     for variant in spec.variants:

@@ -272,7 +272,7 @@ def study_status(url: str, name: str) -> StudyStatus:
     """Count each variant's trials by state from the results rows and estimate the time left."""
     import pandas as pd
 
-    data = results.load_study(url, name, epochs=False)
+    data = results.load_study(url, name, with_epochs=False)
     spec = data.spec or {}
     trials = data.trials
     variants = list(spec.get("variants") or sorted(trials["variant"].unique()))

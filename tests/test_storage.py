@@ -466,3 +466,13 @@ def test_a_password_in_the_query_string_is_masked_too() -> None:
     assert "sslmode=require" in mask_url(url)
     exc = translate(RuntimeError(f"connection failed for {url}"), url)
     assert "Qs-secret-7" not in str(exc)
+
+
+def test_load_study_without_epochs_skips_only_the_epoch_rows(sqlite_url: str) -> None:
+    _design(sqlite_url, n=1)
+    results.record_trial_started(sqlite_url, "demo", 0, trial_number=0, host="h", device="cpu")
+    results.record_epoch(sqlite_url, "demo", 0, 1, 1.5, 2.0, 2.1, 0.1)
+    full = results.load_study(sqlite_url, "demo")
+    light = results.load_study(sqlite_url, "demo", with_epochs=False)
+    assert len(full.epochs) == 1 and light.epochs.empty
+    assert light.trials.equals(full.trials)
