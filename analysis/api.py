@@ -83,7 +83,8 @@ class StudyAnalysis:
         self.seed = seed
         self.progress = progress or (lambda _msg: None)
         self.space: Space = space_from_spec(self.spec)
-        self.direction = str(self.spec.get("direction", "minimize"))
+        # Training time is always better short, whatever the study optimises.
+        self.direction = "minimize" if target == "seconds" else str(self.spec.get("direction", "minimize"))
         self.metric = str(self.spec.get("metric") or "score") if target != "seconds" else "seconds"
         self.design = str(self.spec.get("design", "random"))
         listed = [str(v) for v in self.spec.get("variants", ())]

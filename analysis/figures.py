@@ -65,6 +65,7 @@ def variant_box_figure(
     metric: str,
     top_fraction: float,
     direction: str = "minimize",
+    what: str = "Test",
 ) -> go.Figure:
     """Figure 3 of the paper: the best trials' scores per variant, significance and parameter counts.
 
@@ -95,7 +96,8 @@ def variant_box_figure(
             )
         )
     fig.update_layout(
-        title=f"Test {metric} per variant (best {top_fraction:.0%} of trials; * p < 0.05 against {baseline})",
+        title=f"{what} {metric} per variant "
+        f"(best {top_fraction:.0%} of trials; * p < 0.05 against {baseline})",
         yaxis_title=metric,
         margin={"t": 60, "b": 90},
     )

@@ -41,6 +41,11 @@ td:first-child,th:first-child{text-align:left} nav a{margin-right:1em}
 """
 
 
+# How the box plot's title names the target column.
+TARGET_LABELS = {"best_test": "Test", "best_valid": "Validation", "final_test": "Final test",
+                 "final_valid": "Final validation", "seconds": "Training"}
+
+
 def build_report(
     url: str | None,
     study: str,
@@ -224,8 +229,9 @@ class _Report:
         self._csv("variant_stats.csv", stats)
         self.summary["variant_stats"] = stats.to_dict("records")
         self.summary["baseline"] = a.baseline
+        what = TARGET_LABELS.get(a.target, a.target)
         box = figures.variant_box_figure(
-            a.top_trials(), stats, a.baseline, a.metric, a.top_fraction, a.direction
+            a.top_trials(), stats, a.baseline, a.metric, a.top_fraction, a.direction, what
         )
         self._figure("variants", "Variants against the baseline", box)
         self.sections.append(_stats_table(stats, len(a.variants) > 1))
@@ -266,7 +272,10 @@ class _Report:
         marg = a.marginals()
         self._csv("marginals.csv", marg)
         menu = [POOLED, *[s for s in fitted if s != POOLED]] if POOLED in fitted else fitted
-        if fitted:
+        if fitted and marg.empty:
+            self._note("marginals", "Marginal performance and training time",
+                       "No hyperparameter varies within the fitted trials (only the variant does).")
+        elif fitted:
             self._figure("marginals", "Marginal performance and training time",
                          figures.marginals_figure(marg, a.space, a.metric, menu))  # fmt: skip
             self._figure(

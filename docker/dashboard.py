@@ -1,7 +1,7 @@
 """Serve optuna-dashboard on the study database named by $ODYSSEY_STORAGE.
 
-`optuna-dashboard URL` would put the database password on the command line, where `ps` on the host and
-`docker inspect` show it; this launcher reads the URL from the environment instead and prints it masked.
+`optuna-dashboard URL` would put the database password on the command line, where `ps` on the host shows
+it; this launcher reads the URL (and $PGPASSWORD) from the environment instead and prints it masked.
 It opens the database through `storage.engine`, so it rides out a database that is still starting and
 fails with one line (password masked) when it cannot connect.
 
@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> None:
         run_server(storage, host=args.host, port=args.port)
     except KeyboardInterrupt:
         sys.exit(130)
+    except OSError as exc:  # port in use, address not on this host
+        sys.exit(f"error: cannot serve on {args.host}:{args.port}: {exc.strerror or exc}")
 
 
 if __name__ == "__main__":

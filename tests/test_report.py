@@ -271,3 +271,17 @@ def test_a_scope_fanova_cannot_fit_is_noted_and_the_rest_reported(tmp_path):
     assert 'id="notes"' in page and "NP, score: fANOVA: the target is constant" in page
     assert set(pd.read_csv(tmp_path / "main_effects.csv")["scope"]) == {"V", "pooled"}
     assert all(f'id="{div}"' in page for div in FIGURES)
+
+
+def test_one_trial_per_variant_gives_a_reduced_report_not_a_crash(tmp_path):
+    # Per variant too few trials to fit; pooled, only the variant varies (one shared design point).
+    data = synthetic_study(("V", "NIG", "NFG", "NOG", "CIFG"), trials_per_variant=1)
+    page = read(build_report_from_data(data, tmp_path, n_trees=8))
+    assert 'id="fig-variants"' in page
+    assert 'id="fig-marginals"' not in page
+
+
+def test_box_plot_title_names_the_target(tmp_path):
+    data = synthetic_study(("V", "NP"), trials_per_variant=20)
+    page = read(build_report_from_data(data, tmp_path, n_trees=8, target="best_valid"))
+    assert "Validation " in page and "Test nll per variant" not in page
