@@ -416,12 +416,18 @@ def record_trial_finished(
     return _write(url, "record a trial result", write)
 
 
-def record_trial_requeued(url: str | None, study: str, slot: int) -> None:
-    """Put a slot back to ``waiting`` (e.g. its worker died); its results are cleared, attempts kept."""
+def record_trial_requeued(url: str | None, study: str, slot: int, trial_number: int | None = None) -> None:
+    """Put a slot back to ``waiting`` (e.g. its worker died); its results are cleared, attempts kept.
+
+    With ``trial_number`` (the attempt being re-queued) nothing happens if a newer attempt already owns
+    the slot: the re-queued copy may have been claimed and started before this write.
+    """
     slot = _slot(slot)
 
     def write(conn: sa.Connection, resolved: str) -> None:
         _require_study(conn, study, resolved)
+        if not _current_attempt_matches(conn, study, slot, trial_number):
+            return
         done = conn.execute(sa.update(trials).where(_trial_key(study, slot)).values(
             state="waiting", diverged=False, started_at=None, finished_at=None, error=None,
             host=None, device=None, **dict.fromkeys(RESULT_FIELDS),

@@ -54,6 +54,7 @@ from sweep.study import (
 log = logging.getLogger("odyssey.worker")
 
 DIVERGED_ATTR = "odyssey_diverged"
+INTERRUPTS_ATTR = "odyssey_interrupts"  # clean stops of this slot so far (user attr, copied on re-queue)
 # Claim among this many waiting trials in random order, so many workers rarely contend for one row.
 CLAIM_WINDOW = 32
 # Consecutive failed trials after which a worker gives up (e.g. the data file is unreadable).
@@ -83,32 +84,37 @@ class _StopWorker(Exception):
 
 
 class _RequeueStale(RetryHeartbeatStaleTrialCallback):
-    """Optuna's retry callback plus the results row: back to waiting, or failed after max retries."""
+    """Optuna's retry callback plus the results row: back to waiting, or failed after max retries.
+
+    Only lost workers count against `max_retries`; a clean stop (Ctrl-C, SIGTERM) re-queues through the
+    same callback and is subtracted from the trial's retry history.
+    """
 
     def __init__(self, url: str, max_retries: int) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            super().__init__(max_retry=max_retries)
+            super().__init__(max_retry=None)  # the limit is checked here, on losses only
         self.url = url
         self.max_retries = max_retries
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         slot = trial.user_attrs.get(SLOT_ATTR)
         history = [*trial.system_attrs.get("retry_history", []), trial.number]
+        losses = len(history) - int(trial.user_attrs.get(INTERRUPTS_ATTR, 0))
+        if losses > self.max_retries:
+            log.error("trial %d (slot %s) lost its worker %d times; recorded as failed",
+                      trial.number, slot, losses)
+            if slot is not None:
+                results.record_trial_finished(self.url, study.study_name, slot, "failed",
+                                              {"error": f"worker lost {losses} times (no heartbeat)"})
+            return
         # Retried here: once fail_stale_trials has failed the trial, nothing would find it again.
         with_retry(lambda: super(_RequeueStale, self).__call__(study, trial), self.url,
                    what="re-queue a lost trial")
-        if slot is None:
-            return
-        if len(history) > self.max_retries:
-            log.error("trial %d (slot %d) lost its worker %d times; recorded as failed",
-                      trial.number, slot, len(history))
-            results.record_trial_finished(self.url, study.study_name, slot, "failed",
-                                          {"error": f"worker lost {len(history)} times (no heartbeat)"})
-        else:
+        if slot is not None:
             log.warning("trial %d (slot %d, %s) lost its worker (no heartbeat); re-queued",
                         trial.number, slot, trial.user_attrs.get(VARIANT_ATTR))
-            results.record_trial_requeued(self.url, study.study_name, slot)
+            results.record_trial_requeued(self.url, study.study_name, slot, trial_number=trial.number)
 
 
 class _Heartbeat:
@@ -460,13 +466,15 @@ class Worker:
         """Put an interrupted trial back: a waiting copy with the same parameters, the original failed."""
         # Re-read: a tpe trial has gained its sampled parameters since it was claimed.
         current = with_retry(lambda: self.storage.get_trial(frozen._trial_id), self.url)
+        # The copy inherits the user attrs: counting clean stops there keeps them off the lost-worker limit.
+        current.user_attrs[INTERRUPTS_ATTR] = int(current.user_attrs.get(INTERRUPTS_ATTR, 0)) + 1
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             retry = RetryHeartbeatStaleTrialCallback()
         # The copy first: a crash in between can at worst run the slot twice, never lose it.
         with_retry(lambda: retry(study, current), self.url, what="re-queue the trial")
         self._tell(frozen, TrialState.FAIL)
-        results.record_trial_requeued(self.url, study.study_name, slot)
+        results.record_trial_requeued(self.url, study.study_name, slot, trial_number=frozen.number)
         log.info("%sinterrupted trial %d slot %d: re-queued", self._prefix, frozen.number, slot)
 
 

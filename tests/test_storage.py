@@ -476,3 +476,14 @@ def test_load_study_without_epochs_skips_only_the_epoch_rows(sqlite_url: str) ->
     light = results.load_study(sqlite_url, "demo", with_epochs=False)
     assert len(full.epochs) == 1 and light.epochs.empty
     assert light.trials.equals(full.trials)
+
+
+def test_a_late_requeue_of_an_old_attempt_leaves_the_new_attempt_alone(sqlite_url: str) -> None:
+    _design(sqlite_url, n=1)
+    results.record_trial_started(sqlite_url, "demo", 0, trial_number=4, host="a", device="cpu")
+    results.record_trial_started(sqlite_url, "demo", 0, trial_number=5, host="b", device="cpu")
+    results.record_trial_requeued(sqlite_url, "demo", 0, trial_number=4)  # arrives after attempt 5 began
+    row = results.load_study(sqlite_url, "demo").trials.iloc[0]
+    assert (row["state"], row["host"]) == ("running", "b")
+    results.record_trial_requeued(sqlite_url, "demo", 0, trial_number=5)
+    assert results.load_study(sqlite_url, "demo").trials.iloc[0]["state"] == "waiting"

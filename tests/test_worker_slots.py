@@ -53,3 +53,27 @@ def test_a_device_the_host_cannot_use_is_refused(tmp_path: Path, devices: str, m
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(("interrupts", "requeued"), [(3, True), (0, False)])
+def test_clean_stops_do_not_count_against_the_lost_worker_limit(tmp_path: Path, interrupts: int,
+                                                                requeued: bool) -> None:
+    import optuna
+    from optuna.trial import TrialState
+
+    from storage.engine import optuna_storage
+    from sweep.worker import INTERRUPTS_ATTR, _RequeueStale
+
+    url = f"sqlite:///{tmp_path / 'odyssey.db'}"
+    study = optuna.create_study(study_name="s", storage=optuna_storage(url))
+    # A trial re-queued three times before (by clean stops, or by lost workers), now lost again.
+    study.add_trial(optuna.trial.create_trial(
+        state=TrialState.RUNNING, params={"x": 1.0},
+        distributions={"x": optuna.distributions.FloatDistribution(0, 2)},
+        user_attrs={INTERRUPTS_ATTR: interrupts}, system_attrs={"retry_history": [0, 1, 2]},
+    ))
+    _RequeueStale(url, max_retries=3)(study, study.get_trials()[-1])
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert bool(waiting) is requeued
+    if requeued:
+        assert waiting[0].params == {"x": 1.0}
