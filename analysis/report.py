@@ -41,6 +41,10 @@ td:first-child,th:first-child{text-align:left} nav a{margin-right:1em}
 """
 
 
+# Every file a report writes (report.html and summary.json are always rewritten).
+OUTPUT_FILES = ("variant_stats.csv", "main_effects.csv", "interactions.csv", "marginals.csv", "heatmap.csv",
+                "curves.csv")
+
 # How the box plot's title names the target column.
 TARGET_LABELS = {"best_test": "Test", "best_valid": "Validation", "final_test": "Final test",
                  "final_valid": "Final validation", "seconds": "Training"}
@@ -112,6 +116,10 @@ class _Report:
     def write(self) -> Path:
         a = self.a
         name = a.name
+        # A reduced report writes fewer files: numbers left from an earlier run in this folder would
+        # otherwise sit beside a report they do not belong to.
+        for stale in OUTPUT_FILES:
+            (self.outdir / stale).unlink(missing_ok=True)
         try:
             scored = a.scored
             problem = None if len(scored) else "no finished trials yet; nothing to analyse"

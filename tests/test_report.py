@@ -285,3 +285,12 @@ def test_box_plot_title_names_the_target(tmp_path):
     data = synthetic_study(("V", "NP"), trials_per_variant=20)
     page = read(build_report_from_data(data, tmp_path, n_trees=8, target="best_valid"))
     assert "Validation " in page and "Test nll per variant" not in page
+
+
+def test_a_reduced_report_leaves_no_numbers_from_an_earlier_run(tmp_path):
+    build_report_from_data(synthetic_study(("V", "NP"), trials_per_variant=20), tmp_path, n_trees=8)
+    assert (tmp_path / "main_effects.csv").exists()
+    empty = synthetic_study(("V", "NP"), trials_per_variant=20, unfinished=1.0)
+    build_report_from_data(empty, tmp_path, n_trees=8)
+    assert not (tmp_path / "main_effects.csv").exists()
+    assert not (tmp_path / "variant_stats.csv").exists()
