@@ -245,11 +245,32 @@ class Worker:
 
     def _targets_now(self) -> list[_Target]:
         if self.config.study:
-            return [self._target(self.config.study)]
-        summaries = with_retry(
-            lambda: optuna.get_all_study_summaries(self.storage, include_best_trial=False), self.url,
-            what="list studies")
-        return [self._target(s.study_name) for s in summaries if SPEC_ATTR in s.user_attrs]
+            names = [self.config.study]
+        else:
+            summaries = with_retry(
+                lambda: optuna.get_all_study_summaries(self.storage, include_best_trial=False), self.url,
+                what="list studies")
+            names = [s.study_name for s in summaries if SPEC_ATTR in s.user_attrs]
+            for gone in set(self._targets) - set(names):
+                self._forget(gone)
+        for name in names:
+            # A --forever worker outlives studies: one deleted and created again under the same name
+            # has a new id, and the cached one would point at rows that no longer exist.
+            cached = self._targets.get(name)
+            if cached is not None and cached.study_id != self._study_id(name):
+                self._forget(name)
+        return [self._target(name) for name in names]
+
+    def _study_id(self, name: str) -> int | None:
+        try:
+            return with_retry(lambda: self.storage.get_study_id_from_name(name), self.url)
+        except KeyError:
+            return None
+
+    def _forget(self, name: str) -> None:
+        target = self._targets.pop(name, None)
+        if target is not None:
+            self._waiting.pop(target.study_id, None)
 
     # ----------------------------------------------------------------------------------- claiming
 

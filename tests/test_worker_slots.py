@@ -77,3 +77,46 @@ def test_clean_stops_do_not_count_against_the_lost_worker_limit(tmp_path: Path, 
     assert bool(waiting) is requeued
     if requeued:
         assert waiting[0].params == {"x": 1.0}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_forever_worker_follows_a_study_deleted_and_created_again(request, backend: str) -> None:
+    # PostgreSQL gives the new study a new id (SQLite may reuse the old one).
+    url = request.getfixturevalue("sqlite_url" if backend == "sqlite" else "pg_url")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    odyssey = [sys.executable, "-m", "sweep.cli"]
+    spec = str(ROOT / "examples" / "synthetic-tiny.toml")
+
+    def create() -> None:
+        subprocess.run([*odyssey, "study", "create", spec, "--storage", url], env=env, check=True,
+                       capture_output=True, timeout=120)
+
+    def finished() -> int:
+        try:
+            trials = load_study(url, "synthetic-tiny").trials
+        except Exception:  # between delete and create
+            return 0
+        return int((trials["state"] == "complete").sum())
+
+    def wait_for_all(deadline: float) -> None:
+        while finished() < 12 and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert finished() == 12
+
+    create()
+    worker = subprocess.Popen([*odyssey, "worker", "--storage", url, "--forever", "--objective", "noop",
+                               "--poll", "0.2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    try:
+        wait_for_all(time.monotonic() + 60)
+        subprocess.run([*odyssey, "study", "delete", "synthetic-tiny", "--yes", "--storage", url], env=env,
+                       check=True, capture_output=True, timeout=120)
+        create()
+        wait_for_all(time.monotonic() + 60)
+        assert worker.poll() is None, worker.communicate()
+    finally:
+        worker.terminate()
+        _, err = worker.communicate(timeout=60)
+    assert worker.returncode == 0, err
+    assert "Traceback" not in err
