@@ -182,8 +182,3 @@ def make_recurrent(
 def detach_state(state: State) -> State:
     """Cut the gradient path between truncated-BPTT chunks."""
     return tuple(s.detach() for s in state)
-
-
-def count_parameters(module: nn.Module) -> int:
-    """Number of trainable scalars of any module."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)

@@ -137,6 +137,16 @@ def _run_segments(
     return ys.index_select(0, inverse), tuple(f[0].index_select(0, inverse) for f in finals)
 
 
+def dsigmoid(s: Tensor) -> Tensor:
+    """sigma'(x) written with s = sigma(x), as the backward passes have it."""
+    return s - s * s
+
+
+def dtanh(t: Tensor) -> Tensor:
+    """tanh'(x) written with t = tanh(x)."""
+    return 1 - t * t
+
+
 def script(fn: Callable) -> Callable:
     """TorchScript-compile a loop (runs it without the interpreter's per-op Python overhead).
 

@@ -25,6 +25,8 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from sweep import cells_cpp
+from sweep.cells_common import dsigmoid as _dsigmoid
+from sweep.cells_common import dtanh as _dtanh
 from sweep.cells_common import script as _script
 
 
@@ -272,14 +274,6 @@ def _backward_loop_fgr(
 # backend -> (forward loop, backward loop, FGR backward loop); "python" runs them eagerly
 _LOOPS = {"python": (_forward_loop, _backward_loop, _backward_loop_fgr)}
 _LOOPS["script"] = tuple(_script(fn) for fn in _LOOPS["python"])
-
-
-def _dsigmoid(s: Tensor) -> Tensor:
-    return s - s * s
-
-
-def _dtanh(t: Tensor) -> Tensor:
-    return 1 - t * t
 
 
 class _LSTMFunction(torch.autograd.Function):

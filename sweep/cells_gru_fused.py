@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from sweep.cells_common import dsigmoid as _dsigmoid
 from sweep.cells_common import script
 
 
@@ -74,10 +75,6 @@ def _backward_loop(
         torch.mul(dxn, r_l[t], out=d_n[t])
         dh = torch.addmm(dy * u_l[t], d_rec_l[t], w)
     return dh
-
-
-def _dsigmoid(s: Tensor) -> Tensor:
-    return s - s * s
 
 
 class _GRUFunction(torch.autograd.Function):

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from sweep.cells_common import dsigmoid as _dsigmoid
 from sweep.cells_common import script
 
 
@@ -97,10 +98,6 @@ def _backward_loop(
         d_phi = torch.addmm(d_read * o_l[t], da_o, w_o)
         ds = ds * f_l[t]
     return ds, d_phi
-
-
-def _dsigmoid(s: Tensor) -> Tensor:
-    return s - s * s
 
 
 class _PseudoFunction(torch.autograd.Function):
