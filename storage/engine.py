@@ -24,7 +24,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import StaticPool
 
 from storage.errors import OdysseyError
-from storage.urls import mask_url, resolve_url, scrub, secrets_of
+from storage.urls import is_sqlite, mask_url, resolve_url, scrub, secrets_of
 
 log = logging.getLogger("odyssey.storage")
 
@@ -152,7 +152,7 @@ def sqlite_file(url: str) -> Path | None:
 
 
 def _create_engine(url: str) -> sa.Engine:
-    file = sqlite_file(url) if url.startswith("sqlite") else None
+    file = sqlite_file(url) if is_sqlite(url) else None
     if file is not None and not file.parent.exists():
         raise OdysseyError(f"cannot open SQLite database {file}: directory {file.parent} does not exist")
     engine = sa.create_engine(url, **engine_kwargs(url))
@@ -190,8 +190,9 @@ def _serialise_sqlite_transactions(engine: sa.Engine) -> None:
     # WAITING and both mark it RUNNING: one trial trained twice. Optuna's engine gets BEGIN IMMEDIATE
     # on every transaction (its sessions are short), which makes read-then-write atomic on SQLite as
     # SELECT ... FOR UPDATE does on PostgreSQL; connections opened before this are replaced.
+    engine.update_execution_options(**{SQLITE_IMMEDIATE: True})
     event.listen(engine, "connect", _sqlite_on_connect)
-    event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+    event.listen(engine, "begin", _sqlite_on_begin)
     engine.dispose()
 
 
@@ -242,7 +243,7 @@ def optuna_storage(
             grace_period=grace_period,
             heartbeat_stale_trial_callback=stale_trial_callback,
         )
-        if resolved.startswith("sqlite"):
+        if is_sqlite(resolved):
             _serialise_sqlite_transactions(storage.engine)
         return storage
 

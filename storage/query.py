@@ -27,7 +27,7 @@ from storage.engine import (
 )
 from storage.errors import OdysseyError
 from storage.results import READ_RETRY_SECONDS, trials_dataframe
-from storage.urls import mask_url, resolve_url, scrub, secrets_of
+from storage.urls import is_sqlite, mask_url, resolve_url, scrub, secrets_of
 
 EXPORT_FORMATS = ("csv", "parquet")
 _READONLY_REFUSAL = (
@@ -45,7 +45,7 @@ def run_readonly(url: str | None, sql: str, max_rows: int | None = None) -> pd.D
     if not isinstance(sql, str) or not sql.strip().rstrip(";").strip():
         raise OdysseyError("query refused: the SQL statement is empty")
     resolved = resolve_url(url)
-    if resolved.startswith("sqlite"):
+    if is_sqlite(resolved):
         return _run_sqlite(resolved, sql, max_rows)
     return with_retry(lambda: _run_postgres(resolved, sql, max_rows), resolved, what="run a query",
                       retry_seconds=READ_RETRY_SECONDS)

@@ -31,7 +31,7 @@ from storage.schema import (
     utcnow,
 )
 from storage.schema import params as param_table
-from storage.urls import mask_url, resolve_url, scrub, secrets_of
+from storage.urls import is_sqlite, mask_url, resolve_url, scrub, secrets_of
 
 log = logging.getLogger("odyssey.storage")
 T = TypeVar("T")
@@ -127,7 +127,7 @@ def _read(
 ) -> T:
     """Run ``fn`` read-only-ish (no schema creation); ``missing(url)`` answers when there is no schema."""
     resolved = resolve_url(url)
-    file = sqlite_file(resolved) if resolved.startswith("sqlite") else None
+    file = sqlite_file(resolved) if is_sqlite(resolved) else None
     if file is not None and not file.exists():
         return missing(resolved)  # never create an empty database file just to read it
     engine = get_engine(resolved)

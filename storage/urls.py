@@ -96,9 +96,3 @@ def resolve_url(url: str | None) -> str:
 def is_sqlite(url: str) -> bool:
     """Whether a resolved URL points at SQLite."""
     return make_url(url).get_backend_name() == "sqlite"
-
-
-def sqlite_path(url: str) -> str | None:
-    """The file path of a SQLite URL (None for in-memory databases)."""
-    database = make_url(url).database
-    return database if database and database != ":memory:" else None
