@@ -21,12 +21,12 @@ import pandas as pd
 
 from storage import results
 from storage.errors import OdysseyError
+from storage.schema import FINISHED_STATES
 from sweep.spec import StudySpec
 from sweep.worker import WorkerConfig, _die_with_parent
 
 log = logging.getLogger("odyssey.run")
 
-FINISHED = ("complete", "diverged", "failed")
 
 
 @dataclass
@@ -59,7 +59,7 @@ def read_progress(url: str, spec: StudySpec, started: float) -> Progress:
     best: dict[str, float] = {}
     for variant in spec.variants:
         sub = trials[trials["variant"] == variant]
-        done = sub[sub["state"].isin(FINISHED)]
+        done = sub[sub["state"].isin(FINISHED_STATES)]
         per_variant[variant] = (len(done), len(sub))
         scores = pd.to_numeric(done["best_valid"], errors="coerce").dropna()
         if len(scores):

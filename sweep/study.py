@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 from storage import results
 from storage.engine import optuna_storage, with_retry
 from storage.errors import OdysseyError
+from storage.schema import FINISHED_STATES, STATES
 from sweep.spec import StudySpec, design_points, parse_spec
 
 log = logging.getLogger("odyssey.study")
@@ -244,7 +245,6 @@ def delete_study(url: str, name: str) -> None:
     results.delete_study_results(url, name)
 
 
-STATES = ("waiting", "running", "complete", "failed", "diverged")
 
 
 @dataclass
@@ -282,7 +282,7 @@ def study_status(url: str, name: str) -> StudyStatus:
         counts = {s: int((sub["state"] == s).sum()) for s in STATES}
         rows.append(VariantStatus(variant, counts))
     throughput = eta = None
-    done = trials[trials["state"].isin(["complete", "failed", "diverged"])]
+    done = trials[trials["state"].isin(FINISHED_STATES)]
     if len(done) and "finished_at" in trials and "started_at" in trials:
         start = pd.to_datetime(trials["started_at"]).min()
         end = pd.to_datetime(done["finished_at"]).max()
