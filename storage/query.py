@@ -20,6 +20,7 @@ from storage.engine import (
     get_engine,
     is_connection_error,
     is_db_error,
+    require_existing_database,
     root_message,
     sqlite_file,
     translate,
@@ -27,7 +28,7 @@ from storage.engine import (
 )
 from storage.errors import OdysseyError
 from storage.results import READ_RETRY_SECONDS, trials_dataframe
-from storage.urls import is_sqlite, mask_url, resolve_url, scrub, secrets_of
+from storage.urls import is_sqlite, resolve_url, scrub, secrets_of
 
 EXPORT_FORMATS = ("csv", "parquet")
 _READONLY_REFUSAL = (
@@ -79,8 +80,7 @@ def _run_sqlite(url: str, sql: str, max_rows: int | None) -> pd.DataFrame:
     file = sqlite_file(url)
     if file is None:  # in-memory: only the cached engine's shared connection holds the data
         return _run_sqlite_memory(url, sql, max_rows)
-    if not file.exists():
-        raise OdysseyError(f"no results database at {mask_url(url)} (file {file} does not exist)")
+    require_existing_database(url)
     uri = file.resolve().as_uri() + "?mode=ro"
     try:
         conn = sqlite3.connect(uri, uri=True, timeout=_SQLITE_BUSY_TIMEOUT_S)

@@ -8,6 +8,7 @@ import warnings
 
 import click
 
+from storage.engine import require_existing_database
 from storage.urls import mask_url, resolve_url
 
 
@@ -45,6 +46,7 @@ def worker(url: str | None, study_name: str | None, devices: str, jobs_per_devic
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     resolved = resolve_url(url)
+    require_existing_database(resolved)  # a mistyped SQLite path must not become a new, empty database
     resolve_objective(objective)  # fail now, not in every worker process
     if grace_period <= heartbeat_interval:
         raise click.BadParameter("must be longer than --heartbeat", param_hint="--grace")
