@@ -46,7 +46,6 @@ def worker(url: str | None, study_name: str | None, devices: str, jobs_per_devic
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     resolved = resolve_url(url)
-    require_existing_database(resolved)  # a mistyped SQLite path must not become a new, empty database
     resolve_objective(objective)  # fail now, not in every worker process
     if grace_period <= heartbeat_interval:
         raise click.BadParameter("must be longer than --heartbeat", param_hint="--grace")
@@ -55,6 +54,8 @@ def worker(url: str | None, study_name: str | None, devices: str, jobs_per_devic
                           max_retries=max_retries, poll_interval=poll_interval, objective=objective,
                           threads=threads)
     logging.getLogger("odyssey.worker").info("storage %s", mask_url(resolved))
-    code = run_workers(config, resolve_devices(devices, objective), jobs_per_device)
+    slots = resolve_devices(devices, objective)
+    require_existing_database(resolved)  # a mistyped SQLite path must not become a new, empty database
+    code = run_workers(config, slots, jobs_per_device)
     if code:
         raise SystemExit(code)
