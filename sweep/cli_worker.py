@@ -8,6 +8,7 @@ import warnings
 
 import click
 
+from storage.engine import require_existing_database
 from storage.urls import mask_url, resolve_url
 
 
@@ -53,6 +54,8 @@ def worker(url: str | None, study_name: str | None, devices: str, jobs_per_devic
                           max_retries=max_retries, poll_interval=poll_interval, objective=objective,
                           threads=threads)
     logging.getLogger("odyssey.worker").info("storage %s", mask_url(resolved))
-    code = run_workers(config, resolve_devices(devices, objective), jobs_per_device)
+    slots = resolve_devices(devices, objective)
+    require_existing_database(resolved)  # a mistyped SQLite path must not become a new, empty database
+    code = run_workers(config, slots, jobs_per_device)
     if code:
         raise SystemExit(code)
