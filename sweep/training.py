@@ -13,12 +13,14 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from storage.errors import OdysseyError
-from sweep.cells import VARIANTS, State, detach_state
+from sweep.cells import State, detach_state
 from sweep.cells_common import INIT_SCHEMES
+from sweep.cells_variants import Variant, resolve
 from sweep.datasets import Batch, Dataset
 from sweep.models import SequenceModel
 
@@ -49,14 +51,16 @@ class TrainConfig:
     bptt: int | None = None  # truncated-BPTT window; None: the dataset's default (full BPTT for sequences)
     embedding_size: int | None = None  # token data; None: hidden_size
     eval_batch_size: int | None = None  # None: the dataset's default
+    switches: dict[str, Any] | None = None  # a custom LSTM variant's switches (None: `variant` is built in)
+
+    def cell(self) -> Variant:
+        """The registry entry of `variant` (a custom one from `switches`); OdysseyError if it is unknown."""
+        return resolve(self.variant, self.switches)
 
     def validate(self) -> None:
         """Raise OdysseyError naming the first invalid setting."""
+        self.cell()
         checks = [
-            (
-                self.variant in VARIANTS,
-                f"unknown variant {self.variant!r}; expected one of {', '.join(VARIANTS)}",
-            ),
             (
                 self.init in INIT_SCHEMES,
                 f"unknown init {self.init!r}; expected one of {', '.join(INIT_SCHEMES)}",
@@ -144,7 +148,7 @@ def build_model(config: TrainConfig, dataset: Dataset) -> SequenceModel:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         return SequenceModel(
-            config.variant,
+            config.cell(),
             dataset.input_size,
             config.hidden_size,
             dataset.output_size,

@@ -1,10 +1,12 @@
-// Forward and BPTT loops of the LSTM family (sweep/cells_fused.py) as compiled CPU code.
+// Forward and BPTT loops of the LSTM family, GRU and pseudo LSTM as compiled CPU code (the `cpp` kernels of
+// sweep/cells_lstm.py, sweep/cells_gru.py, sweep/cells_pseudo.py; their equations: lstm_step and the
+// reference steps there).
 //
-// Why: at small shapes (batch 1, hidden 20-100) a TorchScript loop spends most of its time dispatching
+// Why: at small shapes (batch 1, hidden 20-100) a loop of tensor ops spends most of its time dispatching
 // ~10 tiny ops per step. Here each step is one GEMM (two for FGR) called straight into BLAS, plus a few
 // loops over raw pointers for all of the gate arithmetic; nothing is dispatched inside the time loop.
 //
-// Conventions (same as the Python kernel): time-major buffers (T, B, .), gate blocks stacked per row at
+// Conventions: time-major buffers (T, B, .), gate blocks stacked per row at
 // the offsets of the layout (-1: absent), acts holds the post-activation gates, peephole rows stacked in
 // the order i, f, o over the gates that exist. forget: 0 own gate, 1 coupled (f = 1 - i), 2 none (f = 1).
 // Matrices are row-major; gemm() takes BLAS's column-major view of them, so a row-major (R, C) matrix is
@@ -332,8 +334,8 @@ Layout make_layout(int64_t n, int64_t off_i, int64_t off_f, int64_t off_z, int64
                    bool input_act, bool output_act, bool peepholes, bool fgr) {
   TORCH_CHECK(n > 0 && off_z >= 0 && forget >= 0 && forget <= 2, "invalid LSTM layout");
   TORCH_CHECK(forget != 1 || off_i >= 0, "a coupled forget gate needs the input gate");
-  TORCH_CHECK(!fgr || (off_i == 0 && off_f == n && off_o == 2 * n && forget == 0 && peepholes),
-              "FGR expects the block order i, f, o, z with peepholes");
+  TORCH_CHECK(!fgr || (off_i == 0 && off_f == n && off_o == 2 * n && forget == 0),
+              "gate recurrence expects the block order i, f, o, z");
   return Layout{n, off_i, off_f, off_z, off_o, forget, input_act, output_act, peepholes, fgr};
 }
 
@@ -520,7 +522,7 @@ std::vector<at::Tensor> lstm_backward(const at::Tensor& acts, const at::Tensor& 
 
 // -------------------------------------------------------------------------------------------- GRU
 //
-// torch's convention (sweep/cells_gru_fused.py): blocks (r, u, n); rec = U s + (0, 0, b_hn);
+// torch's convention (sweep/cells_gru.py): blocks (r, u, n); rec = U s + (0, 0, b_hn);
 // r, u = sigma(x_(r,u) + rec_(r,u)); cand = tanh(x_n + r * rec_n); s' = cand + u * (s - cand).
 
 template <typename T>
@@ -673,7 +675,7 @@ std::vector<at::Tensor> gru_backward(const at::Tensor& rec_n, const at::Tensor& 
 
 // ------------------------------------------------------------------------------------------ PLSTM
 //
-// sweep/cells_pseudo_fused.py: blocks (i, f, z, o); o = sigma(x_o + W_o phi(s)); r = o * phi(s);
+// sweep/cells_pseudo.py: blocks (i, f, z, o); o = sigma(x_o + W_o phi(s)); r = o * phi(s);
 // (i, f, z) = (sigma, sigma, tanh)(x_ifz + W_r r); s' = f * s + i * z; output phi(s') = tanh(s').
 
 template <typename T>
@@ -863,7 +865,7 @@ std::vector<at::Tensor> plstm_backward(const at::Tensor& acts, const at::Tensor&
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "Forward and BPTT loops of the LSTM family (see sweep/cells_fused.py)";
+  m.doc() = "Forward and BPTT loops of the LSTM family, GRU and PLSTM (see sweep/cells_lstm.py)";
   m.def("lstm_forward", &lstm_forward, "forward loop: returns acts, cs, ys, hcs");
   m.def("lstm_backward", &lstm_backward, "BPTT: returns d_act, dw, dgw, dp, dh0, dc0, dg0");
   m.def("gru_forward", &gru_forward, "GRU forward loop: returns rec_n (U_n s + b_hn), acts (r, u, n), ys");
