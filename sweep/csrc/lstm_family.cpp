@@ -14,6 +14,10 @@
 
 #include <torch/extension.h>
 
+// The float loops clamp before they exponentiate; with trapping math GCC will not vectorise such a select
+// on AVX2 or SSE2 (a compare may raise an FP exception). Nothing here reads the FP exception flags.
+#pragma GCC optimize("no-trapping-math")
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -51,9 +55,18 @@ namespace {
 
 // float: a Cephes-style exp (about 2 ulp) written so that the compiler vectorises the loops around it;
 // libm's expf/tanhf are scalar calls. double keeps libm, so gradcheck sees exact derivatives.
+// No std::min/max, floor or float-to-int conversion: GCC does not vectorise a loop that holds them (it
+// cannot if-convert the clamp, with trapping math, ahead of a conversion), so every exp here ran scalar.
+// The rounding adds 1.5 * 2^23, which leaves round(x / ln 2) in the low bits of the float.
 ODY_INLINE float exp_approx(float x) {
-  x = std::min(std::max(x, -87.3f), 88.3f);
-  float fx = std::floor(x * 1.44269504088896341f + 0.5f);
+  x = x < 88.3f ? x : 88.3f;
+  x = x > -87.3f ? x : -87.3f;
+  const float shift = 12582912.0f;
+  const float m = x * 1.44269504088896341f + shift;
+  const float fx = m - shift;
+  int32_t k;
+  std::memcpy(&k, &m, sizeof(k));
+  k -= 0x4B400000;  // the bits of `shift`
   float r = x - fx * 0.693359375f;
   r = r + fx * 2.12194440e-4f;
   float z = r * r;
@@ -64,16 +77,28 @@ ODY_INLINE float exp_approx(float x) {
   y = y * r + 1.6666665459e-1f;
   y = y * r + 5.0000001201e-1f;
   y = y * z + r + 1.0f;
-  int32_t bits = (static_cast<int32_t>(fx) + 127) << 23;
+  int32_t bits = (k + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof(scale));
   return y * scale;
 }
 
 ODY_INLINE float sigm(float x) { return 1.0f / (1.0f + exp_approx(-x)); }
+// tanh(x) = sign(x) (1 - e) / (1 + e) with e = exp(-2|x|); the sign is moved with bit operations, since
+// with std::fabs and std::copysign GCC 12 left the tanh loops scalar
 ODY_INLINE float tanh_(float x) {
-  float e = exp_approx(-2.0f * std::fabs(x));
-  return std::copysign((1.0f - e) / (1.0f + e), x);
+  uint32_t bits;
+  std::memcpy(&bits, &x, sizeof(bits));
+  const uint32_t sign = bits & 0x80000000u;
+  bits ^= sign;
+  float ax;
+  std::memcpy(&ax, &bits, sizeof(ax));
+  const float e = exp_approx(-2.0f * ax);
+  float t = (1.0f - e) / (1.0f + e);
+  std::memcpy(&bits, &t, sizeof(bits));
+  bits |= sign;
+  std::memcpy(&t, &bits, sizeof(t));
+  return t;
 }
 ODY_INLINE double sigm(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 ODY_INLINE double tanh_(double x) { return std::tanh(x); }
