@@ -805,6 +805,26 @@ def test_custom_variants_join_the_papers_nine_and_train() -> None:
     assert model.recurrent.layers[0].spec.gates == ("f", "z")
 
 
+def test_a_trial_of_a_custom_variant_trains_it() -> None:
+    """The worker's objective hands the spec's switches to training: the trial trains the custom cell."""
+    from sweep.datasets import load_dataset
+    from sweep.objective import TrialContext, train_config
+    from sweep.training import train
+
+    spec = parse_spec(spec_with({"CIFG-NP": {"forget_gate": "coupled", "peepholes": False}}))
+    params = {"learning_rate": 1e-2, "hidden_size": 6, "momentum": 0.5, "forget_bias": 1.0}
+    ctx = TrialContext("sqlite://", "s", spec, 9, 9, "CIFG-NP", params, 0, "cpu")
+    config = train_config(ctx)
+    config.max_epochs, config.batch_size = 1, 8
+    result = train(config, load_dataset("synthetic", n_train=16, n_valid=8, n_test=8))
+    definition = config.cell()
+    assert definition.lstm == LSTMSpec(forget_gate="coupled", peepholes=False)
+    dataset = load_dataset("synthetic", n_train=16, n_valid=8, n_test=8)
+    head = 6 * dataset.output_size + dataset.output_size
+    assert result.n_params == definition.num_parameters(dataset.input_size, 6) + head
+    assert result.epochs == 1 and math.isfinite(result.best_valid)
+
+
 @pytest.mark.parametrize(
     ("custom", "variants", "message"),
     [
