@@ -157,7 +157,7 @@ class RecurrentLayer(nn.Module):
         self, variant: Variant, input_size: int, hidden_size: int, forget_bias: float, init: str, scale: float
     ) -> None:
         super().__init__()
-        self.variant = variant
+        self.definition = variant  # the registry entry: name, family, title, switches
         self.input_size, self.hidden_size = input_size, hidden_size
         self.init, self.init_scale = init, scale
         self.kernel: str | None = None  # forced kernel (set_kernel); None: KERNELS decides
@@ -197,7 +197,7 @@ class RecurrentLayer(nn.Module):
 
     @property
     def family(self) -> str:
-        return self.variant.family
+        return self.definition.family
 
     @property
     def state_sizes(self) -> tuple[int, ...]:
@@ -209,7 +209,7 @@ class RecurrentLayer(nn.Module):
         return ""
 
     def extra_repr(self) -> str:
-        text = f"{self.variant.name} ({self.variant.title}), {self.input_size} -> {self.hidden_size}"
+        text = f"{self.definition.name} ({self.definition.title}), {self.input_size} -> {self.hidden_size}"
         if self.switches():
             text += f", {self.switches()}"
         return text + (f", kernel={self.kernel}" if self.kernel else "")
@@ -249,7 +249,7 @@ class RecurrentLayer(nn.Module):
 
     def step_key(self) -> object:
         """What the step's code depends on (one compiled step per key)."""
-        return (type(self), self.variant.family)
+        return (type(self), self.definition.family)
 
     def compiled_step(self) -> CompiledStep:
         key = self.step_key()

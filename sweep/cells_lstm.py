@@ -67,8 +67,8 @@ class LSTMLayer(RecurrentLayer):
     @property
     def spec(self) -> LSTMSpec:
         """The variant's switches."""
-        assert self.variant.lstm is not None
-        return self.variant.lstm
+        assert self.definition.lstm is not None
+        return self.definition.lstm
 
     def make_parameters(self, forget_bias: float) -> None:
         spec, input_size, hidden_size = self.spec, self.input_size, self.hidden_size
