@@ -10,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from storage.errors import OdysseyError
+from sweep.cells_variants import VARIANTS
 
 if TYPE_CHECKING:
     from sweep.training import EpochReport
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 )
 @click.option("--data", "data_path", default=None, help="Data path: ptb directory, char text file, jsb JSON.")
 @click.option(
-    "--variant", default="V", show_default=True, help="Cell variant (V, NIG, ..., CIFG, GRU, PLSTM)."
+    "--variant", default="V", show_default=True, help=f"Cell variant: {', '.join(VARIANTS)}."
 )
 @click.option(
     "--lr",

@@ -117,7 +117,8 @@ def train_config(ctx: TrialContext) -> Any:
         settings["hidden_size"] = int(settings["hidden_size"])
     if "num_layers" in settings:
         settings["num_layers"] = int(settings["num_layers"])
-    return TrainConfig(variant=ctx.variant, seed=ctx.seed, device=ctx.device, **settings)
+    switches = ctx.spec.custom_variants.get(ctx.variant)  # None for the built-in variants
+    return TrainConfig(variant=ctx.variant, switches=switches, seed=ctx.seed, device=ctx.device, **settings)
 
 
 def train_objective(ctx: TrialContext) -> Outcome:

@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from storage.errors import OdysseyError
+from sweep.cells_variants import GREFF_VARIANTS, VARIANTS, custom_variant
 
 DATASETS: tuple[str, ...] = ("jsb", "ptb", "char", "synthetic")
 # The primary (lower-is-better) validation metric of each dataset, as sweep.datasets names it.
@@ -166,7 +167,10 @@ class StudySpec(_Model):
 
     name: str = Field(min_length=1, max_length=120, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     dataset: DatasetSpec
-    variants: tuple[str, ...] = Field(default=None, validate_default=True)  # None: Greff's eight
+    # user-named LSTM variants: name -> switches (sweep.cells_variants.LSTMSpec; docs/variants.md)
+    custom_variants: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # None (left out): Greff's nine and the custom variants
+    variants: tuple[str, ...] = Field(default=None, validate_default=True)
     space: dict[str, Param] = Field(default_factory=default_space)
     trials_per_variant: int = Field(ge=1, le=100_000)
     design: Literal["random", "sobol", "tpe"] = "random"
@@ -175,28 +179,44 @@ class StudySpec(_Model):
     metric: str = ""
     direction: Literal["minimize", "maximize"] = "minimize"
 
+    @field_validator("custom_variants", mode="before")
+    @classmethod
+    def _custom_variants(cls, value: Any) -> Any:
+        # Each one is checked against the switch rules and stored with every switch spelled out.
+        if not isinstance(value, dict):
+            raise ValueError("must be a table of variant names to switch tables")
+        checked = {}
+        for name, switches in value.items():
+            if not isinstance(switches, dict):
+                raise ValueError(f"{name} must be a table of switches")
+            try:
+                checked[name] = custom_variant(name, switches).lstm.switches()  # type: ignore[union-attr]
+            except OdysseyError as exc:
+                raise ValueError(str(exc)) from None
+        return checked
+
     @field_validator("variants", mode="before")
     @classmethod
     def _variants(cls, value: Any, info: ValidationInfo) -> Any:
-        if (info.context or {}).get("stored") and isinstance(value, list | tuple) and value:
-            # A stored spec was checked when the study was created; skip importing torch for it.
-            return tuple(value)
-        from sweep.cells import GREFF_VARIANTS, VARIANTS  # lazily: cells imports torch
-
+        custom = tuple(info.data.get("custom_variants") or ())
+        known = (*VARIANTS, *custom)
         if value is None or value == "greff":
-            return GREFF_VARIANTS
+            return (*GREFF_VARIANTS, *custom)
         if value == "all":
-            return VARIANTS
+            return known
         if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
             raise ValueError('must be a list of variant names, "greff" or "all"')
         if not value:
             raise ValueError('must name at least one variant (leave it out for "greff", the default, '
                              'or use "all")')
-        unknown = [v for v in value if v not in VARIANTS]
+        unknown = [v for v in value if v not in known]
         if unknown:
-            raise ValueError(f"unknown variant {unknown[0]!r} (known: {', '.join(VARIANTS)})")
+            raise ValueError(f"unknown variant {unknown[0]!r} (known: {', '.join(known)})")
         if len(set(value)) != len(value):
             raise ValueError("lists a variant twice")
+        unused = [v for v in custom if v not in value]
+        if unused:
+            raise ValueError(f"does not list the custom variant {unused[0]!r} (list it or remove it)")
         return tuple(value)
 
     @field_validator("space", mode="before")

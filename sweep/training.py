@@ -18,8 +18,9 @@ from typing import Any
 import torch
 
 from storage.errors import OdysseyError
-from sweep.cells import VARIANTS, State, detach_state
+from sweep.cells import State, detach_state
 from sweep.cells_common import INIT_SCHEMES
+from sweep.cells_variants import Variant, resolve
 from sweep.datasets import Batch, Dataset
 from sweep.models import SequenceModel
 
@@ -50,9 +51,16 @@ class TrainConfig:
     bptt: int | None = None  # truncated-BPTT window; None: the dataset's default (full BPTT for sequences)
     embedding_size: int | None = None  # token data; None: hidden_size
     eval_batch_size: int | None = None  # None: the dataset's default
+    switches: dict[str, Any] | None = None  # a custom LSTM variant's switches (None: `variant` is built in)
+
+    def cell(self) -> Variant:
+        """The registry entry of `variant` (a custom one from `switches`); OdysseyError if it is unknown."""
+        return resolve(self.variant, self.switches)
 
     def validate(self) -> None:
-        """Raise OdysseyError naming the first invalid setting (the rules of `setting_problem`)."""
+        """Raise OdysseyError naming the first invalid setting: the variant through the registry (a custom
+        one with its `switches`), every other setting by the rules of `setting_problem`."""
+        self.cell()
         for item in fields(self):
             problem = setting_problem(item.name, getattr(self, item.name))
             if problem is not None:
@@ -78,7 +86,6 @@ def _optional(rule: Callable[[Any], str | None]) -> Callable[[Any], str | None]:
 # The training rules, one per TrainConfig setting that has one: `TrainConfig.validate` (odyssey train, every
 # trial) and the study spec's check at `study create` (every fixed value and range end) both apply these.
 _RULES: dict[str, Callable[[Any], str | None]] = {
-    "variant": _one_of(VARIANTS),
     "init": _one_of(INIT_SCHEMES),
     "optimizer": _one_of(OPTIMIZERS),
     "hidden_size": _at_least_one,
@@ -164,7 +171,7 @@ def build_model(config: TrainConfig, dataset: Dataset) -> SequenceModel:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         return SequenceModel(
-            config.variant,
+            config.cell(),
             dataset.input_size,
             config.hidden_size,
             dataset.output_size,
