@@ -302,7 +302,8 @@ def test_cli_train_prints_epochs_and_summary(capsys):
     ("args", "message"),
     [
         (["--dataset", "ptb", "--data", "/nonexistent/dir"], "error: ptb: /nonexistent/dir not found"),
-        (["--variant", "XYZ", "--dataset", "synthetic"], "error: unknown variant 'XYZ'; expected one of V, NIG,"),
+        (["--variant", "XYZ", "--dataset", "synthetic"],
+         "error: unknown variant 'XYZ'; expected one of V, NIG,"),
         (["--device", "cuda:77", "--dataset", "synthetic"], "error: device 'cuda:77'"),
         (["--dataset", "synthetic", "--lr", "0"], "error: learning_rate must be a positive number"),
     ],
