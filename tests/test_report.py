@@ -353,7 +353,8 @@ def test_a_scope_fanova_cannot_fit_is_noted_and_the_rest_reported(tmp_path):
     data.trials.loc[flat, ["state", "diverged", "best_test"]] = ["complete", False, 5.0]
     path = build_report_from_data(data, tmp_path, n_trees=8)
     page = read(path)
-    assert 'id="notes"' in page and "NP, score: fANOVA: the target is constant" in page
+    assert 'id="notes"' in page and "NP, score: fANOVA: the target is constant (5)" in page
+    assert "np.float64" not in page and "np.float64" not in json.dumps(summary(path))
     assert set(pd.read_csv(tmp_path / "main_effects.csv")["scope"]) == {"V", "pooled"}
     assert all(f'id="{div}"' in page for div in FIGURES)
 
