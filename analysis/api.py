@@ -182,19 +182,24 @@ class StudyAnalysis:
     def sample_size(self) -> pd.DataFrame:
         """Whether each scope has the trials its statistics need: columns scope, trials, top_n,
         small_top (the best fraction holds fewer than ``MIN_TOP_TRIALS``; NaN for ``pooled``, which has
-        no box) and small_forest (the fANOVA forest is fitted on fewer than ``MIN_FOREST_TRIALS``)."""
-        sizes = self.scored["variant"].value_counts() if len(self.scored) else pd.Series(dtype=int)
+        no box), points (distinct hyperparameter settings among the trials: a paired design trains every
+        variant on the same ones, so the pooled forest has no more points than one variant) and
+        small_forest (the fANOVA forest rests on fewer than ``MIN_FOREST_TRIALS`` points)."""
+        columns = ["scope", "trials", "top_n", "small_top", "points", "small_forest"]
+        scored = self.scored
         rows = []
         for variant in self.variants:
-            n = int(sizes.get(variant, 0))
-            top = top_count(n, self.top_fraction)
-            rows.append({"scope": variant, "trials": n, "top_n": top, "small_top": top < MIN_TOP_TRIALS,
-                         "small_forest": n < MIN_FOREST_TRIALS})  # fmt: skip
+            mine = scored[scored["variant"] == variant] if len(scored) else scored
+            top = top_count(len(mine), self.top_fraction)
+            points = len(mine[self.space.names].drop_duplicates())
+            rows.append({"scope": variant, "trials": len(mine), "top_n": top,
+                         "small_top": top < MIN_TOP_TRIALS, "points": points,
+                         "small_forest": points < MIN_FOREST_TRIALS})  # fmt: skip
         if len(self.variants) > 1:
-            n = int(sizes.sum())
-            rows.append({"scope": POOLED, "trials": n, "top_n": np.nan, "small_top": np.nan,
-                         "small_forest": n < MIN_FOREST_TRIALS})  # fmt: skip
-        return pd.DataFrame(rows, columns=["scope", "trials", "top_n", "small_top", "small_forest"])
+            points = len(scored[self.space.names].drop_duplicates())
+            rows.append({"scope": POOLED, "trials": len(scored), "top_n": np.nan, "small_top": np.nan,
+                         "points": points, "small_forest": points < MIN_FOREST_TRIALS})  # fmt: skip
+        return pd.DataFrame(rows, columns=columns)
 
     @property
     def too_small(self) -> bool:

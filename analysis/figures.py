@@ -182,7 +182,9 @@ def real_axis(param: Param) -> dict:
     parameters; for ``log1m`` (momentum) the axis is 1 - value on a log scale, reversed so the value
     grows to the right, and its ticks are labelled with the value itself."""
     if param.scale == "linear":
-        return {"type": "linear", "title": {"text": param.name}}
+        # Every key is set, so a menu switching a log axis to this one leaves no log ticks behind.
+        return {"type": "linear", "title": {"text": param.name}, "tickvals": None, "ticktext": None,
+                "autorange": True}  # fmt: skip
     lo, hi = (10.0**b for b in param.bounds)
     ticks = _log_ticks(lo, hi)
     if param.scale == "log":

@@ -220,7 +220,8 @@ class _Report:
             "variants": ", ".join(a.variants) or "none",
             "baseline": a.baseline,
             "trials per variant": spec.get("trials_per_variant", "?"),
-            "training": ", ".join(f"{k}={v}" for k, v in (spec.get("training") or {}).items()) or "?",
+            "training": ", ".join(f"{k}={v}" for k, v in (spec.get("training") or {}).items()
+                                  if v is not None) or "?",
         }  # fmt: skip
         setup.update(_time_spent(a.trials))
         setup["diverged rule"] = f"{DIVERGED_RULE} Capped here: {done['capped']} trial(s)."
@@ -267,9 +268,9 @@ class _Report:
             if len(small_top) else ""
         )  # fmt: skip
         self.small_forest = (
-            f"Small sample: the fANOVA forests of {_names(small_forest)} are fitted on only "
-            f"{_range(small_forest['trials'])} trials (at least {MIN_FOREST_TRIALS} needed); the "
-            "whiskers show how much the trees disagree."
+            f"Small sample: the fANOVA forests of {_names(small_forest)} rest on only "
+            f"{_range(small_forest['points'])} distinct hyperparameter settings "
+            f"(at least {MIN_FOREST_TRIALS} needed); the bands and whiskers show how much the trees disagree."
             if len(small_forest) else ""
         )  # fmt: skip
         self.summary["too_small"] = a.too_small
@@ -379,8 +380,8 @@ class _Report:
         first = pairs.iloc[0]
         self.summary["heatmap_pair"] = [first["param_a"], first["param_b"]]
         self.summary["heatmap_pairs"] = pairs.to_dict("records")
-        n = int(len(a.scored)) if scope == POOLED else int((a.scored["variant"] == scope).sum())
-        warning = self.small_forest if n < MIN_FOREST_TRIALS else ""
+        size = a.sample_size().set_index("scope")
+        warning = self.small_forest if scope in size.index and size.loc[scope, "small_forest"] else ""
         title = f"Heatmaps: {first['param_a']} x {first['param_b']} (largest interaction)"
         self._figure("heatmap", title, figures.heatmap_figure(grids, a.space, a.metric, scope), warning)
 

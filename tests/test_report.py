@@ -516,8 +516,10 @@ def test_small_study_says_so_at_the_top_and_beside_each_figure(tmp_path):
     page = read(build_report_from_data(data, tmp_path, n_trees=8))
     top = page[page.index("<h1>"):page.index('id="setup"')]
     assert 'id="sample-size"' in top and "This study is too small for any conclusion" in top
-    assert "hold only 2 trial(s) (at least 5 needed)" in top and "fitted on only 4 trials" in top
-    for key in ("variants", "marginals", "variance"):
+    assert "hold only 2 trial(s) (at least 5 needed)" in top
+    # The design is paired: the pooled forest has 36 trials but only 4 distinct settings.
+    assert "forests of V, NIG, NFG, NOG, NIAF, NOAF, NP, CIFG, FGR and pooled rest on only 4 distinct" in top
+    for key in ("variants", "marginals", "variance", "heatmap"):
         section = page[page.index(f'<section id="{key}">'):]
         section = section[: section.index("</section>")]
         assert 'class="warn sample-size"' in section, key
