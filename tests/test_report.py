@@ -582,3 +582,11 @@ def test_docs_list_the_columns_each_csv_really_has(full):
     for name, columns in rows:
         actual = list(pd.read_csv(path.parent / name, nrows=0).columns)
         assert [c.strip() for c in columns.split(",")] == actual, name
+
+
+def test_a_greff_sized_study_meets_the_sample_size_rule():
+    # 9 variants x 600 trials, as bench/report.py builds (which also checks the page has no warning).
+    a = StudyAnalysis(synthetic_study(GREFF, trials_per_variant=600, max_epochs=5))
+    size = a.sample_size().set_index("scope")
+    assert not size["small_top"].fillna(False).astype(bool).any() and not size["small_forest"].any()
+    assert size.loc["V", "top_n"] == 60 and size.loc["pooled", "points"] == 600 and not a.too_small
