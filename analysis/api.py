@@ -187,18 +187,21 @@ class StudyAnalysis:
         small_forest (the fANOVA forest rests on fewer than ``MIN_FOREST_TRIALS`` points)."""
         columns = ["scope", "trials", "top_n", "small_top", "points", "small_forest"]
         scored = self.scored
+        names = self.space.names
+        # With every hyperparameter fixed there is no forest, so no forest can be too small.
+        forest = MIN_FOREST_TRIALS if names else 0
         rows = []
         for variant in self.variants:
             mine = scored[scored["variant"] == variant] if len(scored) else scored
             top = top_count(len(mine), self.top_fraction)
-            points = len(mine[self.space.names].drop_duplicates())
+            points = len(mine[names].drop_duplicates()) if names else 0
             rows.append({"scope": variant, "trials": len(mine), "top_n": top,
                          "small_top": top < MIN_TOP_TRIALS, "points": points,
-                         "small_forest": points < MIN_FOREST_TRIALS})  # fmt: skip
+                         "small_forest": points < forest})  # fmt: skip
         if len(self.variants) > 1:
-            points = len(scored[self.space.names].drop_duplicates())
+            points = len(scored[names].drop_duplicates()) if names else 0
             rows.append({"scope": POOLED, "trials": len(scored), "top_n": np.nan, "small_top": np.nan,
-                         "points": points, "small_forest": points < MIN_FOREST_TRIALS})  # fmt: skip
+                         "points": points, "small_forest": points < forest})  # fmt: skip
         return pd.DataFrame(rows, columns=columns)
 
     @property

@@ -261,6 +261,7 @@ def test_every_parameter_fixed_still_compares_variants(tmp_path):
     page = read(build_report_from_data(data, tmp_path, n_trees=8))
     assert 'id="fig-variants"' in page and 'id="fig-marginals"' not in page
     assert "Every hyperparameter was held fixed" in page
+    assert "fANOVA forests of" not in page  # there is no forest to be too small
 
 
 def test_target_seconds_and_bad_target(tmp_path):
