@@ -296,8 +296,10 @@ class _Report:
         self.summary["variant_stats"] = stats.to_dict("records")
         self.summary["baseline"] = a.baseline
         what = TARGET_LABELS.get(a.target, a.target)
+        # With training time as the target, the time panels would repeat the score panels.
+        shown = a.scored.drop(columns="seconds", errors="ignore") if a.target == "seconds" else a.scored
         fig = figures.variant_figure(
-            a.scored, a.top_trials(), stats, a.baseline, a.metric, a.top_fraction, a.direction, what,
+            shown, a.top_trials(), stats, a.baseline, a.metric, a.top_fraction, a.direction, what,
             selection_label(a),
         )  # fmt: skip
         self._figure("variants", "Variants against the baseline", fig, self.small_top)

@@ -271,6 +271,9 @@ def test_target_seconds_and_bad_target(tmp_path):
     build_report_from_data(data, tmp_path, n_trees=8, target="seconds")
     marg = pd.read_csv(tmp_path / "marginals.csv")
     assert set(marg["target"]) == {"score"}  # the score is the time already
+    layout = figure_json(read(tmp_path / "report.html"), "variants")["layout"]
+    titles = [a["text"] for a in layout["annotations"]]
+    assert not any(t.startswith("training time") for t in titles)
     with pytest.raises(OdysseyError, match="unknown target 'accuracy'"):
         build_report_from_data(data, tmp_path, target="accuracy")
 
