@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "export": "sweep.cli_query:export",
     "report": "sweep.cli_report:report",
     "run": "sweep.cli_run:run",
+    "kernels": "sweep.cli_kernels:kernels",
 }
 
 

@@ -38,6 +38,7 @@ def worker(url: str | None, study_name: str | None, devices: str, jobs_per_devic
     """Pull waiting trials and train them, one process per device slot, until the study is done."""
     import optuna
 
+    from sweep.cli_kernels import prepare_kernels
     from sweep.objective import resolve_objective
     from sweep.worker import WorkerConfig, resolve_devices, run_workers
 
@@ -53,6 +54,7 @@ def worker(url: str | None, study_name: str | None, devices: str, jobs_per_devic
                           max_retries=max_retries, poll_interval=poll_interval, objective=objective,
                           threads=threads)
     logging.getLogger("odyssey.worker").info("storage %s", mask_url(resolved))
+    prepare_kernels(objective)
     code = run_workers(config, resolve_devices(devices, objective), jobs_per_device)
     if code:
         raise SystemExit(code)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from storage.errors import OdysseyError
+from sweep import kernels
 from sweep.cells import VARIANTS, State, detach_state
 from sweep.cells_common import INIT_SCHEMES
 from sweep.datasets import Batch, Dataset
@@ -281,6 +282,7 @@ def train(
     (frames/tokens) of the current epoch. The same seed gives the same numbers on the CPU.
     """
     config.validate()
+    kernels.load()  # a first use builds the C++ kernels: before the clock starts, as build is not training
     started = time.perf_counter()
     run = _Run(config, dataset, on_progress)
     history: list[EpochReport] = []
