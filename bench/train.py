@@ -103,19 +103,28 @@ class ResearcherScript:
         mask = torch.arange(x.size(1)) < lengths.unsqueeze(1)
         return nll[mask].sum(), int(lengths.sum())
 
-    def epoch(self) -> None:
+    def epoch(self) -> tuple[float, float, float]:
+        """Train one epoch; returns what `odyssey train` reports: the mean training loss of the updates,
+        and the validation and test NLL per frame."""
         train_set = self.data["train"]
         order = torch.randperm(len(train_set), generator=self.order).tolist()
+        losses = []
         for start in range(0, len(order), self.batch_size):
             total, n = self.loss([train_set[i] for i in order[start : start + self.batch_size]])
+            loss = total / n
             self.opt.zero_grad()
-            (total / n).backward()
+            loss.backward()
             self.opt.step()
-        with torch.no_grad():
-            for split in ("valid", "test"):
-                seqs = self.data[split]
-                for start in range(0, len(seqs), EVAL_BATCH):
-                    self.loss(seqs[start : start + EVAL_BATCH])
+            losses.append(loss.item())
+        return (sum(losses) / len(losses), self.evaluate("valid"), self.evaluate("test"))
+
+    @torch.no_grad()
+    def evaluate(self, split: str) -> float:
+        seqs, total, frames = self.data[split], 0.0, 0
+        for start in range(0, len(seqs), EVAL_BATCH):
+            nll, n = self.loss(seqs[start : start + EVAL_BATCH])
+            total, frames = total + nll.item(), frames + n
+        return total / frames
 
 
 def odyssey_epoch(
