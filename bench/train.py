@@ -12,12 +12,12 @@ Two pairs, measured interleaved in one run (epoch by epoch, so machine noise hit
 
 An epoch is what `odyssey train` reports as one: a pass over the training set in batches of B, then the
 metric on the validation and test sets (batches of 128). Each side trains its own network from the same
-seed; the times are medians over `--repeats` epochs (the first epoch of each is a warm-up and not timed).
+seed; the times are medians over `--repeats` epochs, alternating between the two sides (one more epoch
+of each comes first, as a warm-up).
 `--clock cpu` times with this thread's CPU time instead of the wall clock (only with one thread): on a
-shared machine it leaves out the time other processes take; for `odyssey train` it then covers the whole
-one-epoch run, setup included (a few milliseconds). Prints a markdown table: epoch seconds of each side and
-their ratio (odyssey / script). Targets
-(docs/performance.md): NP <= 1.05x the torch.nn.LSTM script, V <= 0.7x the per-step loop script.
+shared machine it leaves out the time other processes take. Prints a markdown table: epoch seconds of
+each side and their ratio (odyssey / script). Targets (docs/performance.md): NP <= 1.05x the
+torch.nn.LSTM script, V <= 0.7x the per-step loop script.
 `--quick` times one epoch on the first 48 training chorales (valid and test: 24 each).
 """
 
@@ -27,7 +27,6 @@ import argparse
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -40,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sweep import kernels  # noqa: E402
 from sweep.datasets import SequenceSplit  # noqa: E402
 from sweep.datasets_music import MusicDataset, load_jsb  # noqa: E402
-from sweep.training import TrainConfig, train  # noqa: E402
+from sweep.training import EpochReport, TrainConfig, train  # noqa: E402
 
 LR, MOMENTUM, EVAL_BATCH = 1e-2, 0.9, 128
 Sequences = list[tuple[Tensor, Tensor]]
@@ -127,32 +126,34 @@ class ResearcherScript:
         return total / frames
 
 
-def odyssey_epoch(
-    variant: str, hidden: int, batch_size: int, dataset: MusicDataset, cpu_clock: bool
-) -> Callable[[], float]:
-    """One `odyssey train` epoch per call (a fresh run of max_epochs=1: the same code path as the CLI);
-    returns the epoch's seconds as training reports them (training pass + validation + test), or with
-    `cpu_clock` the CPU seconds of the whole call."""
-    config = TrainConfig(variant=variant, hidden_size=hidden, learning_rate=LR, momentum=MOMENTUM,
-                         batch_size=batch_size, max_epochs=1, seed=0)
-
-    def run() -> float:
-        start = time.thread_time()
-        wall = train(config, dataset).history[-1].seconds
-        return time.thread_time() - start if cpu_clock else wall
-
-    return run
-
-
-def script_epoch(script: ResearcherScript, cpu_clock: bool) -> Callable[[], float]:
+def measure(
+    variant: str, hidden: int, batch_size: int, dataset: MusicDataset, script: ResearcherScript,
+    epochs: int, cpu_clock: bool,
+) -> tuple[list[float], list[float]]:
+    """Seconds of `epochs` epochs of `odyssey train` (one run, the CLI's code path) and of the script,
+    alternating: the script trains one epoch after each of odyssey's, from odyssey's epoch callback. With the
+    wall clock odyssey's figure is the epoch's `seconds` as training records it; with the CPU clock, this
+    thread's CPU time from the end of one epoch to the end of the next (the first epoch, with the run's
+    setup, is a warm-up for both sides and dropped)."""
     clock = time.thread_time if cpu_clock else time.perf_counter
+    ours: list[float] = []
+    theirs: list[float] = []
+    mark = clock()
 
-    def run() -> float:
+    def on_epoch(report: EpochReport) -> None:
+        nonlocal mark
+        ours.append(clock() - mark if cpu_clock else report.seconds)
         start = clock()
         script.epoch()
-        return clock() - start
+        theirs.append(clock() - start)
+        mark = clock()
 
-    return run
+    config = TrainConfig(variant=variant, hidden_size=hidden, learning_rate=LR, momentum=MOMENTUM,
+                         batch_size=batch_size, max_epochs=epochs + 1, patience=epochs + 1, seed=0)
+    result = train(config, dataset, on_epoch)
+    if result.status != "complete" or len(ours) != epochs + 1:
+        raise SystemExit(f"{variant} stopped after {len(ours)} epoch(s) ({result.status})")
+    return ours[1:], theirs[1:]
 
 
 def main() -> None:
@@ -186,14 +187,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for batch in (int(b) for b in args.batch_sizes.split(",")):
         for variant, script_name, target in (("NP", "torch.nn.LSTM", 1.05), ("V", "per-step loop", 0.7)):
-            sides = [odyssey_epoch(variant, args.hidden, batch, dataset, cpu_clock),
-                     script_epoch(ResearcherScript(variant, args.hidden, batch, data), cpu_clock)]
-            times: list[list[float]] = [[], []]
-            for repeat in range(repeats + 1):
-                for side, fn in enumerate(sides):
-                    seconds = fn()
-                    if repeat:  # the first round warms up both sides
-                        times[side].append(seconds)
+            script = ResearcherScript(variant, args.hidden, batch, data)
+            times = measure(variant, args.hidden, batch, dataset, script, repeats, cpu_clock)
             ours, theirs = (statistics.median(t) for t in times)
             ratio = ours / theirs
             verdict = "ok" if ratio <= target else "MISSED"

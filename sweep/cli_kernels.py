@@ -20,7 +20,8 @@ def family_kernels(device: str) -> dict[str, str]:
     from sweep.cells import GREFF_VARIANTS
 
     probe = torch.zeros(1, device=device)
-    hand_written = _BACKEND_NAMES[cells_cpp.backend_for(probe)]
+    backend = cells_cpp.backend_for(probe)
+    hand_written = _BACKEND_NAMES.get(backend, backend)
     lstm = ", ".join(v for v in GREFF_VARIANTS if v != "NP")
     on_gpu = device != "cpu"
     return {

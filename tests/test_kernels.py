@@ -111,7 +111,8 @@ def fresh_kernels(monkeypatch, tmp_path: Path):
     monkeypatch.setattr(kernels, "_status", None)
     monkeypatch.setattr(kernels, "_module", None)
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "ext"))
-    monkeypatch.delenv(kernels.UNAVAILABLE_ENV, raising=False)
+    # empty reads as unset; setenv (unlike delenv of an unset variable) also undoes what load() puts there
+    monkeypatch.setenv(kernels.UNAVAILABLE_ENV, "")
     monkeypatch.delenv(cells_cpp.ENV_VAR, raising=False)
     return tmp_path / "ext"
 
