@@ -159,21 +159,18 @@ def _load_or_build() -> tuple[ModuleType | None, KernelStatus]:
 def _find_or_build() -> tuple[ModuleType, KernelStatus]:
     root = build_root()
     cc = compiler()
-    if cc is None:
-        # a machine without a compiler uses a build made elsewhere for the same binary (the Docker image)
+    folder = root / _module_name(cc) if cc is not None else None
+    if folder is not None and _library(folder).exists():
+        return _loaded(_library(folder), None)
+    cannot_build = _cannot_build(cc)
+    if cannot_build is not None:
+        # a machine that cannot build uses a build made elsewhere for the same binary (the Docker image,
+        # which has no compiler, loads the one its builder stage made)
         builds = sorted(root.glob(f"{PREFIX}_{binary_key()}_*/{PREFIX}_*.so"), key=os.path.getmtime)
         if builds:
             return _loaded(builds[-1], None)
-        name = os.environ.get("CXX") or "c++"
-        raise KernelsUnavailable(f"no C++ compiler: {name} is not on PATH; install g++ or set CXX")
-    folder = root / _module_name(cc)
-    if _library(folder).exists():
-        return _loaded(_library(folder), None)
-    if os.environ.get(UNAVAILABLE_ENV):
-        raise KernelsUnavailable(os.environ[UNAVAILABLE_ENV])
-    _ensure_ninja_on_path()
-    if not shutil.which("ninja"):
-        raise KernelsUnavailable("ninja is not installed (pip install ninja)")
+        raise KernelsUnavailable(cannot_build)
+    assert folder is not None and cc is not None
     try:
         root.mkdir(parents=True, exist_ok=True)
         with _exclusive(root / f"{folder.name}.lock"):
@@ -183,6 +180,20 @@ def _find_or_build() -> tuple[ModuleType, KernelStatus]:
     except OSError as exc:
         raise KernelsUnavailable(f"cannot write the build folder: {exc}") from None
     return _loaded(_library(folder), seconds)
+
+
+def _cannot_build(cc: tuple[str, str] | None) -> str | None:
+    """Why this process cannot build the kernels, or None when it can."""
+    if cc is None:
+        name = os.environ.get("CXX") or "c++"
+        problem = "does not run" if shutil.which(name) else "is not on PATH"
+        return f"no C++ compiler: {name} {problem}; install g++ or set CXX"
+    if os.environ.get(UNAVAILABLE_ENV):  # the process that started this one tried and failed
+        return os.environ[UNAVAILABLE_ENV]
+    _ensure_ninja_on_path()
+    if not shutil.which("ninja"):
+        return "ninja is not installed (pip install ninja)"
+    return None
 
 
 def _loaded(path: Path, seconds: float | None) -> tuple[ModuleType, KernelStatus]:
