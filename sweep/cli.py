@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "report": "sweep.cli_report:report",
     "run": "sweep.cli_run:run",
     "db": "sweep.cli_db:db",
+    "kernels": "sweep.cli_kernels:kernels",
 }
 
 

@@ -39,6 +39,7 @@ def worker(url: str | None, study_name: str | None, devices: str, jobs_per_devic
     """Pull waiting trials and train them, one process per device slot, until the study is done."""
     import optuna
 
+    from sweep.cli_kernels import prepare_kernels
     from sweep.objective import resolve_objective
     from sweep.worker import WorkerConfig, resolve_devices, run_workers
 
@@ -56,6 +57,7 @@ def worker(url: str | None, study_name: str | None, devices: str, jobs_per_devic
     logging.getLogger("odyssey.worker").info("storage %s", mask_url(resolved))
     slots = resolve_devices(devices, objective)
     require_existing_database(resolved)  # a mistyped SQLite path must not become a new, empty database
+    prepare_kernels(objective)
     code = run_workers(config, slots, jobs_per_device)
     if code:
         raise SystemExit(code)

@@ -11,13 +11,14 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
 
 from storage.errors import OdysseyError
+from sweep import kernels
 from sweep.cells import State, detach_state
 from sweep.cells_common import INIT_SCHEMES
 from sweep.cells_variants import Variant, resolve
@@ -186,7 +187,7 @@ def build_model(config: TrainConfig, dataset: Dataset) -> SequenceModel:
         )
 
 
-def make_optimizer(config: TrainConfig, params: Iterator[torch.nn.Parameter]) -> torch.optim.Optimizer:
+def make_optimizer(config: TrainConfig, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
     """SGD with Nesterov momentum (step scaled by 1 - momentum) or Adam (beta1 = momentum)."""
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=config.learning_rate, betas=(config.momentum, 0.999))
@@ -236,7 +237,8 @@ class _Run:
         self.device = resolve_device(config.device)
         self.model = build_model(config, dataset).to(self.device)
         self.initial = copy.deepcopy(self.model.state_dict())
-        self.optimizer = make_optimizer(config, self.model.parameters())
+        self.params = list(self.model.parameters())  # walked once, not on every step
+        self.optimizer = make_optimizer(config, self.params)
         self.shuffle = torch.Generator().manual_seed(config.seed)
         self.bptt = config.bptt or dataset.default_bptt
         self.first_loss: float | None = None
@@ -273,7 +275,7 @@ class _Run:
             raise Diverged
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        params = [p for p in self.model.parameters() if p.grad is not None]
+        params = [p for p in self.params if p.grad is not None]
         if self.config.clip is not None:
             norm = torch.nn.utils.clip_grad_norm_(params, self.config.clip)
         else:
@@ -308,6 +310,7 @@ def train(
     (frames/tokens) of the current epoch. The same seed gives the same numbers on the CPU.
     """
     config.validate()
+    kernels.load()  # a first use builds the C++ kernels: before the clock starts, as build is not training
     started = time.perf_counter()
     run = _Run(config, dataset, on_progress)
     history: list[EpochReport] = []

@@ -584,7 +584,8 @@ def test_runtime_runs_odyssey_as_a_non_root_user(dockerfile: Parsed) -> None:
     runtime = stages[-1]
     users = runtime.find("USER")
     assert users and users[-1].args not in ("root", "0", "0:0"), "final stage must drop root"
-    assert users[-1].line > max(i.line for i in runtime.find("RUN")), "no RUN as root after USER"
+    after = [i.args for i in runtime.find("RUN") if i.line > users[-1].line]
+    assert after == ["odyssey kernels --require"], "after USER, only the check that runs as the app user"
     (entrypoint,) = runtime.find("ENTRYPOINT")
     assert entrypoint.exec_form() == ["odyssey"]
     for stage in stages:
@@ -594,10 +595,13 @@ def test_runtime_runs_odyssey_as_a_non_root_user(dockerfile: Parsed) -> None:
 
 def test_image_ships_the_prebuilt_cell_kernels_without_a_compiler(dockerfile: Parsed) -> None:
     """Workers must not compile (or fall back to the slower kernels) at start: the builder builds the C++
-    kernels into TORCH_EXTENSIONS_DIR and the runtime copies them, owned by the app user."""
+    kernels into TORCH_EXTENSIONS_DIR, the runtime copies them, owned by the app user, and the image build
+    fails unless the app user loads them there without a compiler."""
     _, stages = dockerfile
     builder, runtime = stages[0], stages[-1]
-    assert any("cells_cpp.load(required=True)" in i.args for i in builder.find("RUN"))
+    assert any(i.args.endswith("&& odyssey kernels --require") for i in builder.find("RUN"))
+    assert runtime.find("RUN")[-1].args == "odyssey kernels --require"
+    assert runtime.find("RUN")[-1].line > runtime.find("USER")[-1].line
     for stage in (builder, runtime):
         envs = [i.args for i in stage.find("ENV")]
         assert any("TORCH_EXTENSIONS_DIR=/opt/torch_extensions" in e for e in envs), stage.name
