@@ -210,6 +210,11 @@ def test_a_signal_during_the_build_stops_the_command_within_10_s(
     url = f"sqlite:///{tmp_path / 'odyssey.db'}"
     args = {"run": ["run", str(spec), "--workers", "1", "--no-report"], "worker": ["worker"]}[command]
     root = tmp_path / "ext"
+    if command == "worker":  # a worker needs an existing database (`study create` builds no kernels)
+        created = subprocess.run([*ODYSSEY, "study", "create", str(spec), "--storage", url], cwd=tmp_path,
+                                 env=odyssey_env(root, cxx), capture_output=True, text=True, timeout=240)
+        assert created.returncode == 0, created.stderr
+        assert not root.exists() or not any(root.iterdir()), "study create built kernels"
     proc = subprocess.Popen([*ODYSSEY, *args, "--storage", url], cwd=tmp_path, env=odyssey_env(root, cxx),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
