@@ -495,14 +495,17 @@ def study_status(url: str, name: str) -> StudyStatus:
     import pandas as pd
 
     data = results.load_study(url, name, with_epochs=False)
-    by_slot = slot_trials(load_optuna_study(url, name).get_trials(deepcopy=False))
+    try:
+        by_slot = slot_trials(load_optuna_study(url, name).get_trials(deepcopy=False))
+    except OdysseyError:  # results rows without an Optuna study (imported, or a half-done delete)
+        by_slot = {}
     rows = _slot_rows(data.trials)
     lost = extra = 0
     for slot in set(rows) | set(by_slot):
         attempts = by_slot.get(slot, [])
         live = sum(t.state in LIVE_STATES for t in attempts)
         extra += max(0, live - 1) if slot in rows else live
-        lost += slot in rows and live == 0 and not _finished_for_good(attempts, rows[slot])
+        lost += bool(by_slot) and slot in rows and live == 0 and not _finished_for_good(attempts, rows[slot])
     spec = data.spec or {}
     trials = data.trials
     variants = list(spec.get("variants") or sorted(trials["variant"].unique()))

@@ -5,8 +5,6 @@ one complete results row with its values: no slot lost, no extra trial, every wo
 
 from __future__ import annotations
 
-import math
-import os
 import re
 import signal
 import subprocess
@@ -20,105 +18,27 @@ from optuna.trial import TrialState
 from storage import results
 from storage.failpoints import FAILPOINTS
 from sweep.spec import parse_spec
-from sweep.study import (
-    SLOT_ATTR,
-    create_study,
-    designed_trials,
-    load_optuna_study,
-    open_storage,
-    study_status,
-)
+from sweep.study import SLOT_ATTR, create_study, load_optuna_study, open_storage, study_status
 from sweep.worker import Worker, WorkerConfig
-
-ROOT = Path(__file__).resolve().parent.parent
-HEARTBEAT, GRACE = 1, 2
-
-
-def spec_dict(per_variant: int = 3, name: str = "fp") -> dict:
-    return {
-        "name": name, "variants": ["V", "GRU"], "design": "random", "trials_per_variant": per_variant,
-        "seed": 5, "dataset": {"name": "synthetic"},
-        "space": {"learning_rate": {"low": 1e-3, "high": 1e-1}, "hidden_size": {"low": 2, "high": 6}},
-    }
-
-
-def write_spec(path: Path, data: dict) -> Path:
-    import json
-
-    lines = [f"{k} = {json.dumps(v)}" for k, v in data.items() if not isinstance(v, dict)]
-    lines += ["[dataset]", 'name = "synthetic"']
-    for key, table in data["space"].items():
-        lines += [f"[space.{key}]", *(f"{k} = {json.dumps(v)}" for k, v in table.items())]
-    path.write_text("\n".join(lines) + "\n")
-    return path
+from tests.faults import (
+    GRACE,
+    HEARTBEAT,
+    ROOT,
+    assert_exactly_once,
+    claim_and_abandon,
+    env_with,
+    finish_cleanly,
+    killed_at,
+    odyssey,
+    spec_dict,
+    worker_args,
+    write_spec,
+)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def url(request: pytest.FixtureRequest) -> str:
     return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
-
-
-def env_with(failpoint: str | None = None, marker_dir: Path | None = None) -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
-    env.pop("ODYSSEY_FAILPOINT", None)
-    if failpoint:
-        env["ODYSSEY_FAILPOINT"] = failpoint
-    if marker_dir is not None:
-        env["ODYSSEY_FAILPOINT_DIR"] = str(marker_dir)
-    return env
-
-
-def odyssey(*args: str, env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "sweep.cli", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def worker_args(url: str, objective: str = "sleep:0.2", name: str = "fp") -> list[str]:
-    return ["worker", "--storage", url, "--study", name, "--devices", "cpu", "--threads", "1",
-            "--objective", objective, "--heartbeat", str(HEARTBEAT), "--grace", str(GRACE), "--poll", "0.2"]
-
-
-def killed_at(proc: subprocess.Popen, point: str, timeout: float = 120) -> None:
-    out, _ = proc.communicate(timeout=timeout)
-    assert proc.returncode == -signal.SIGKILL, f"{point} did not fire (exit {proc.returncode}):\n{out}"
-
-
-def finish_cleanly(url: str, name: str = "fp") -> int:
-    """A clean worker in this process: it must drain the study and return."""
-    return Worker(WorkerConfig(url=url, study=name, objective="noop", heartbeat_interval=HEARTBEAT,
-                               grace_period=GRACE, poll_interval=0.2)).run()
-
-
-def assert_exactly_once(url: str, spec: dict, name: str = "fp") -> None:
-    designed = {row["slot"]: row for row in designed_trials(parse_spec(spec))}
-    trials = load_optuna_study(url, name).get_trials(deepcopy=False)
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert sorted(t.user_attrs[SLOT_ATTR] for t in complete) == sorted(designed), "a slot lost or run twice"
-    assert not [t.number for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING)]
-    rows = results.load_study(url, name, with_epochs=False).trials.set_index("slot")
-    assert sorted(rows.index) == sorted(designed)
-    for t in complete:
-        slot = t.user_attrs[SLOT_ATTR]
-        for key, value in designed[slot]["params"].items():
-            if key in t.params:
-                assert math.isclose(t.params[key], value, rel_tol=1e-9), (slot, key)
-        row = rows.loc[slot]
-        assert row["state"] == "complete" and row["trial_number"] == t.number, (slot, dict(row))
-        assert math.isclose(row["best_valid"], t.value, rel_tol=1e-9)
-    status = study_status(url, name)
-    assert (status.lost, status.extra) == (0, 0)
-    assert status.totals["complete"] == len(designed)
-
-
-def claim_and_abandon(url: str, count: int, name: str = "fp") -> list[int]:
-    """Claim `count` waiting trials as a worker would and vanish (as if killed at once)."""
-    storage = open_storage(url)
-    study_id = storage.get_study_id_from_name(name)
-    waiting = storage.get_all_trials(study_id, states=(TrialState.WAITING,))[:count]
-    for t in waiting:
-        storage.record_heartbeat(t._trial_id)
-        assert storage.set_trial_state_values(t._trial_id, TrialState.RUNNING)
-    return [t.number for t in waiting]
 
 
 def test_every_failpoint_in_the_code_is_listed_and_tested() -> None:
