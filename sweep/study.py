@@ -331,8 +331,8 @@ def requeue_trial(url: str, storage: Any, study_id: int, name: str, trial_id: in
             reason = final or trial.system_attrs.get(FINAL_ATTR) or trial.system_attrs.get(VOID_ATTR)
             if reason:
                 storage.set_trial_system_attr(trial_id, FINAL_ATTR, str(reason))
-                if slot is not None and not trial.system_attrs.get(VOID_ATTR):
-                    results.record_trial_finished(url, name, slot, "failed", {"error": str(reason)})
+                if slot is not None and final:  # (a FINAL or VOID mark's row was written with it)
+                    results.record_trial_finished(url, name, slot, "failed", {"error": final})
                 _fail(storage, trial_id)
                 return None
             copy = _copy_of(storage.get_all_trials(study_id, deepcopy=False), trial.number)

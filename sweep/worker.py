@@ -198,6 +198,7 @@ class Worker:
         self.trials_run = 0
         self._targets: dict[str, _Target] = {}
         self._last_stale_check: dict[str, float] = {}
+        self._last_repair: dict[str, float] = {}
         self._waiting: dict[int, list[int]] = {}  # study id -> waiting trial ids, in number order
         self._failures = 0
         self._prefix = f"[{config.label}] " if config.label else ""
@@ -221,7 +222,15 @@ class Worker:
 
     def _repair(self, target: _Target) -> bool:
         """The repair pass (lost slots re-queued, duplicates withdrawn); True if it changed anything."""
-        done = repair_study(self.url, target.study.study_name, self.storage)
+        name = target.study.study_name
+        self._last_repair[name] = time.monotonic()
+        try:
+            done = repair_study(self.url, name, self.storage)
+        except (OdysseyError, KeyError):
+            if self._study_id(name) is None:  # deleted meanwhile (a --forever worker outlives studies)
+                self._forget(name)
+                return False
+            raise
         if done.requeued or done.withdrawn:
             log.warning("%srepaired study %r: re-queued slots %s, withdrew duplicate trials %s", self._prefix,
                         target.study.study_name, done.requeued, done.withdrawn)
@@ -245,7 +254,17 @@ class Worker:
             cached = self._targets.get(name)
             if cached is not None and cached.study_id != self._study_id(name):
                 self._forget(name)
-        return [self._target(name) for name in names]
+        if self.config.study:
+            return [self._target(self.config.study)]
+        targets = []
+        for name in names:
+            try:
+                targets.append(self._target(name))
+            except OdysseyError:
+                if self._study_id(name) is not None:
+                    raise
+                # Deleted since it was listed: nothing to do there.
+        return targets
 
     def _study_id(self, name: str) -> int | None:
         try:
@@ -257,6 +276,11 @@ class Worker:
         target = self._targets.pop(name, None)
         if target is not None:
             self._waiting.pop(target.study_id, None)
+
+    def _repair_due(self, target: _Target) -> bool:
+        # Before exiting, always; an idle --forever worker repairs once per grace period, not every poll.
+        last = self._last_repair.get(target.study.study_name, -math.inf)
+        return not self.config.forever or time.monotonic() - last >= self.config.grace_period
 
     # ----------------------------------------------------------------------------------- claiming
 
@@ -373,7 +397,7 @@ class Worker:
                         pending = True
                 if ran:
                     continue
-                if not pending and any(self._repair(t) for t in self._targets_now()):
+                if not pending and any(self._repair(t) for t in self._targets_now() if self._repair_due(t)):
                     continue  # a slot had been lost: it waits again
                 if not pending and not self.config.forever:
                     log.info("%snothing left to run; %d trials run by this worker", self._prefix,

@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 from storage import results
 from storage.failpoints import FAILPOINTS
 from sweep.spec import parse_spec
-from sweep.study import SLOT_ATTR, create_study, load_optuna_study, open_storage, study_status
+from sweep.study import SLOT_ATTR, create_study, load_optuna_study, open_storage, repair_study, study_status
 from sweep.worker import Worker, WorkerConfig
 from tests.faults import (
     GRACE,
@@ -205,7 +205,8 @@ CREATE_POINTS = ["create.after-study", "create.mid-enqueue", "create.before-spec
 @pytest.mark.slow
 @pytest.mark.parametrize("point", CREATE_POINTS)
 def test_create_killed_at(url: str, tmp_path: Path, point: str) -> None:
-    spec = spec_dict(per_variant=55)  # 110 trials: two enqueue chunks
+    # mid-enqueue: 110 trials, two enqueue chunks (ENQUEUE_CHUNK = 100)
+    spec = spec_dict(per_variant=55 if point == "create.mid-enqueue" else 3)
     path = write_spec(tmp_path / "fp.toml", spec)
     creator = odyssey("study", "create", str(path), "--storage", url, "--skip-data-check",
                       env=env_with(f"{point}:kill"))
@@ -324,3 +325,25 @@ def test_a_worker_started_during_creation_waits_for_it(url: str, tmp_path: Path)
     assert worker.returncode == 0, out
     assert out.count("finish trial") == 4
     assert_exactly_once(url, spec)
+
+
+def test_status_shows_lost_and_extra_slots_and_repair_fixes_both(sqlite_url: str) -> None:
+    spec = spec_dict()
+    create_study(sqlite_url, parse_spec(spec), check_data=False)
+    study = load_optuna_study(sqlite_url, "fp")
+    study.add_trial(study.get_trials()[-1])  # a second waiting trial of one slot (a doubled creation)
+    storage = open_storage(sqlite_url)
+    (lost,) = claim_and_abandon(sqlite_url, 1)
+    storage.set_trial_state_values(
+        storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name("fp"), lost),
+        TrialState.FAIL)  # slot lost: FAIL with no copy
+    status = study_status(sqlite_url, "fp")
+    assert (status.lost, status.extra) == (1, 1)
+    done = subprocess.run([sys.executable, "-m", "sweep.cli", "study", "status", "fp", "--storage",
+                           sqlite_url], cwd=ROOT, env=env_with(), capture_output=True, text=True, timeout=120)
+    assert "1 slots lost (no live trial), 1 extra trials" in " ".join(done.stdout.split()), done.stdout
+    repaired = repair_study(sqlite_url, "fp")
+    assert len(repaired.requeued) == 1 and len(repaired.withdrawn) == 1
+    assert (study_status(sqlite_url, "fp").lost, study_status(sqlite_url, "fp").extra) == (0, 0)
+    finish_cleanly(sqlite_url)
+    assert_exactly_once(sqlite_url, spec)

@@ -132,5 +132,6 @@ def test_a_forever_worker_follows_a_study_deleted_and_created_again(request, bac
     finally:
         worker.terminate()
         _, err = worker.communicate(timeout=60)
+        print(err[-4000:])  # shown when the test fails
     assert worker.returncode == 0, err
     assert "Traceback" not in err
