@@ -78,6 +78,7 @@ def run(spec_path: str, url: str | None, workers: int | None, devices: str, out:
     """
     import optuna
 
+    from sweep.cli_kernels import prepare_kernels
     from sweep.run import default_workers, output_dir, run_study
     from sweep.spec import load_spec
     from sweep.study import create_study
@@ -92,6 +93,7 @@ def run(spec_path: str, url: str | None, workers: int | None, devices: str, out:
     created = create_study(resolved, spec)
     click.echo(created.message if created.created else f"resuming study {spec.name!r}", err=True)
     device_list = resolve_devices(devices, objective)
+    prepare_kernels(objective)
     n_workers = workers or (len(device_list) if device_list != ["cpu"] else default_workers())
     click.echo(f"{n_workers} worker(s) on {', '.join(device_list)}", err=True)
     live = sys.stderr.isatty()

@@ -25,6 +25,7 @@ from storage.errors import OdysseyError
 from storage.failpoints import failpoint
 from storage.locks import named_lock
 from storage.schema import FINISHED_STATES, STATES
+from sweep.objective import name_metric
 from sweep.spec import StudySpec, design_points, parse_spec
 
 log = logging.getLogger("odyssey.study")
@@ -244,6 +245,7 @@ def _create_locked(url: str, storage: Any, spec: StudySpec,
     results.record_designed_trials(url, spec.name, rows)
     if missing:
         _enqueue(url, study, spec, missing, dists, progress)
+    with_retry(lambda: name_metric(study, spec.metric), url, what="name the metric")
     failpoint("create.before-spec")
     with_retry(lambda: study.set_user_attr(SPEC_ATTR, normalised), url, what="store the spec")
     verb = "created" if existing is None else "completed the interrupted creation of"
