@@ -463,6 +463,10 @@ class Worker:
             except (TrialInterrupted, KeyboardInterrupt):
                 self._requeue(study, frozen, slot)
                 raise _StopWorker() from None
+            except UpdateFinishedTrialError:
+                # An intermediate value refused: Optuna no longer holds this attempt RUNNING.
+                self._discard(frozen, slot)
+                return
             except Exception as exc:
                 self._fail(study, frozen, slot, exc)
                 return
@@ -489,9 +493,7 @@ class Worker:
         # write is refused when this attempt no longer holds the trial (judged lost and re-queued).
         if not results.record_trial_finished(self.url, study.study_name, slot, outcome.state, result,
                                              trial_number=frozen.number):
-            log.warning("%strial %d slot %d was re-queued while it ran (no heartbeat for too long); "
-                        "its result is discarded", self._prefix, frozen.number, slot)
-            self._tell(frozen, TrialState.FAIL)
+            self._discard(frozen, slot)
             return
         failpoint("finish.before-tell")
         value = outcome.value
@@ -516,15 +518,24 @@ class Worker:
         if not isinstance(exc, OdysseyError):
             message = f"{type(exc).__name__}: {message}"
             log.exception("%strial %d slot %d raised", self._prefix, frozen.number, slot)
-        if results.record_trial_finished(self.url, study.study_name, slot, "failed", {"error": message},
-                                         trial_number=frozen.number):
-            self._mark_final(frozen, message)
+        if not results.record_trial_finished(self.url, study.study_name, slot, "failed", {"error": message},
+                                             trial_number=frozen.number):
+            self._discard(frozen, slot)  # not this attempt's to record: the copy runs the slot again
+            return
+        self._mark_final(frozen, message)
         self._tell(frozen, TrialState.FAIL)
         self.trials_run += 1
         self._failures += 1
         log.error("%sfailed trial %d slot %d: %s", self._prefix, frozen.number, slot, message)
         if self._failures >= MAX_CONSECUTIVE_FAILURES:
             raise OdysseyError(f"{self._failures} trials in a row failed (last: {message}); worker stops")
+
+    def _discard(self, frozen: FrozenTrial, slot: int) -> None:
+        # Judged lost (no heartbeat for longer than the grace period, e.g. stopped) and re-queued while it
+        # ran: the copy owns the slot now. Not a failure of this worker.
+        log.warning("%strial %d slot %d was re-queued while it ran (no heartbeat for too long); "
+                    "its result is discarded", self._prefix, frozen.number, slot)
+        self._tell(frozen, TrialState.FAIL)
 
     def _mark_final(self, frozen: FrozenTrial, reason: str) -> None:
         # Before the FAIL tell: the repair pass must not re-queue a slot whose outcome this is.

@@ -170,11 +170,20 @@ def test_study_repair_command_reports_what_it_did(sqlite_url: str) -> None:
 # --- a zombie: a worker stopped past the grace period, resumed after its trial was re-queued -----------
 
 
+REPORTS = "tests.objectives:report_after_pause_objective_for_tests"
+
+
 @pytest.mark.slow
-def test_a_zombies_late_result_is_refused(url: str) -> None:
+@pytest.mark.parametrize(("backend", "objective"), [
+    ("sqlite", "sleep:1.5"), pytest.param("postgres", "sleep:1.5", marks=pytest.mark.postgres),
+    ("sqlite", REPORTS),  # the first write after resuming is an epoch's intermediate value, as in training
+])
+def test_a_zombies_late_result_is_refused(request: pytest.FixtureRequest, backend: str,
+                                          objective: str) -> None:
+    url = request.getfixturevalue("sqlite_url" if backend == "sqlite" else "pg_url")
     spec = spec_dict(per_variant=1)
     create_study(url, parse_spec(spec), check_data=False)
-    zombie = odyssey(*worker_args(url, "sleep:1.5"), env=env_with())
+    zombie = odyssey(*worker_args(url, objective), env=env_with())
     assert zombie.stdout is not None
     for line in zombie.stdout:
         if "start  trial" in line:
