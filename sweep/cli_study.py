@@ -98,9 +98,29 @@ def status(name: str, url: str | None) -> None:
     console = Console()
     console.print(table)
     rate = "unknown" if info.throughput_per_hour is None else f"{info.throughput_per_hour:.1f} trials/hour"
-    left = totals["waiting"] + totals["running"]
+    left = totals["waiting"] + totals["running"] + info.lost
     eta = "done" if left == 0 else _duration(info.eta_seconds)
     console.print(f"throughput: {rate}; left: {left}; ETA: {eta}")
+    if info.lost or info.extra:
+        console.print(f"[bold red]{info.lost} slots lost (no live trial), {info.extra} extra trials[/]; "
+                      f"`odyssey study repair {name}` re-queues lost slots and withdraws waiting duplicates")
+
+
+@study.command()
+@click.argument("name")
+@storage_option
+def repair(name: str, url: str | None) -> None:
+    """Re-queue every designed slot of NAME left with no waiting, running or complete trial (and withdraw
+    waiting duplicates); workers do this when they start. Safe to run at any time."""
+    from sweep.study import repair_study
+
+    resolved = resolve_url(url)
+    done = repair_study(resolved, name)
+    if not done.requeued and not done.withdrawn:
+        click.echo(f"study {name!r}: every slot has exactly one live or final trial; nothing to repair")
+        return
+    click.echo(f"study {name!r}: re-queued {len(done.requeued)} lost slots {done.requeued}; "
+               f"withdrew {len(done.withdrawn)} duplicate trials {done.withdrawn}")
 
 
 @study.command()
