@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -46,7 +46,7 @@ class StudyDataLike(Protocol):
     epochs: pd.DataFrame
 
 
-def load(url: str | None, study: str, **options) -> StudyAnalysis:
+def load(url: str | None, study: str, **options: Any) -> StudyAnalysis:
     """Load a study from storage and return its :class:`StudyAnalysis` (options as its constructor)."""
     from storage.results import load_study
 
@@ -338,9 +338,10 @@ class StudyAnalysis:
         hyperparameters vary within the fitted trials."""
         scope = self.main_scope
         columns = ["param_a", "param_b", "fraction", "std", "total"]
-        if scope is None:
+        model = None if scope is None else self.fanova(scope)
+        if model is None:
             return pd.DataFrame(columns=columns)
-        pairs = self.fanova(scope).interactions()
+        pairs = model.interactions()
         pairs = pairs[pairs["param_a"].isin(self.space.params) & pairs["param_b"].isin(self.space.params)]
         if pairs.empty:
             return pd.DataFrame(columns=columns)

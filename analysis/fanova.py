@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,6 +26,9 @@ from sklearn.utils.validation import check_is_fitted
 
 from analysis.fanova_trees import TreeAnova
 from storage.errors import OdysseyError
+
+# A marginal's grid for one input: None (the default), a number of points, or the values themselves.
+Grid = int | Iterable[Any] | None
 
 __all__ = ["Fanova", "MIN_FOREST_TRIALS", "MIN_ROWS"]
 
@@ -241,21 +245,21 @@ class Fanova(BaseEstimator):
         return float(1.0 - self._main_.mean(axis=0).sum() - pairs)
 
     # ----------------------------------------------------------------------------------- marginals
-    def _grid(self, param: str, grid, default: int) -> tuple[np.ndarray, np.ndarray]:
+    def _grid(self, param: str, grid: Grid, default: int) -> tuple[np.ndarray, np.ndarray]:
         """(values to report, their unit coordinates) for one input."""
         if param in self.categories_:
             levels = self.categories_[param]
             if grid is None or isinstance(grid, int | np.integer):
-                values = list(levels)
+                chosen = list(levels)
             else:
-                values = list(grid)
-                missing = [v for v in values if v not in levels]
+                chosen = list(grid)
+                missing = [v for v in chosen if v not in levels]
                 if missing:
                     raise OdysseyError(
                         f"fANOVA: unknown level(s) {missing} of '{param}'; levels are {levels}"
                     )
-            codes = np.array([levels.index(v) for v in values], dtype=float)
-            return np.array(values, dtype=object), (codes + 0.5) / len(levels)
+            codes = np.array([levels.index(v) for v in chosen], dtype=float)
+            return np.array(chosen, dtype=object), (codes + 0.5) / len(levels)
         lo, hi = self.bounds_[param]
         if grid is None or isinstance(grid, int | np.integer):
             n = default if grid is None else int(grid)
@@ -268,7 +272,7 @@ class Fanova(BaseEstimator):
                 raise OdysseyError(f"fANOVA: the grid for '{param}' must be non-empty and finite")
         return values, (values - lo) / (hi - lo)
 
-    def marginal(self, param: str, grid=None) -> pd.DataFrame:
+    def marginal(self, param: str, grid: Grid = None) -> pd.DataFrame:
         """Marginal predicted target of one input (mean over all others): columns value, mean, std.
 
         ``grid``: None (100 points over the bounds, or every level of a categorical input), a number of
@@ -285,7 +289,9 @@ class Fanova(BaseEstimator):
         """Map a level predicted by the trees (standardised target) back to the target's units."""
         return level * self.target_scale_ + self.target_offset_
 
-    def marginal_2d(self, a: str, b: str, grid=None) -> pd.DataFrame:
+    def marginal_2d(
+        self, a: str, b: str, grid: Grid | tuple[Grid, Grid] | list[Grid] = None
+    ) -> pd.DataFrame:
         """Marginal predicted target of a pair on a grid (long form): columns a, b, mean, std, interaction.
 
         ``interaction`` is the pair marginal minus both main-effect marginals plus the overall mean: the

@@ -10,14 +10,15 @@ Everything here is exact; nothing is sampled.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 __all__ = ["TreeAnova"]
 
 
-def _leaf_boxes(tree, levels: Sequence[int | None]) -> tuple[np.ndarray, ...]:
-    """Leaves of a fitted sklearn ``tree_`` as boxes in [0, 1]^d.
+def _leaf_boxes(tree: Any, levels: Sequence[int | None]) -> tuple[np.ndarray, ...]:
+    """Leaves of a fitted sklearn ``tree_`` (untyped: sklearn ships no type hints) as boxes in [0, 1]^d.
 
     Returns ``(lower, upper, value, unit thresholds, feature, split nodes)``; ``levels[j]`` is the
     number of categories of a categorical input (fitted on integer codes 0..K-1), else None (the input
@@ -67,7 +68,7 @@ def _unit_thresholds(threshold: np.ndarray, feature: np.ndarray, levels: Sequenc
 class TreeAnova:
     """Variance decomposition of one tree: total variance, main-effect and pair marginals."""
 
-    def __init__(self, tree, levels: Sequence[int | None]) -> None:
+    def __init__(self, tree: Any, levels: Sequence[int | None]) -> None:
         lower, upper, value, threshold, feature, split_nodes = _leaf_boxes(tree, levels)
         self.d = len(levels)
         widths = upper - lower

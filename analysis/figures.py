@@ -7,10 +7,12 @@ in :data:`GUIDES` so the report and the docs say the same thing.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+from numpy.typing import ArrayLike
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
@@ -67,7 +69,7 @@ def _count(n: float) -> str:
     return f"{int(n)} params"
 
 
-def _significance(row, baseline: str, direction: str) -> tuple[str, str]:
+def _significance(row: Any, baseline: str, direction: str) -> tuple[str, str]:
     """Colour and mark of a variant's test result against the baseline."""
     if row.variant == baseline:
         return BASE, "baseline"
@@ -219,7 +221,10 @@ def _number(x: float, powers: bool = False) -> str:
     return f"{head}10<sup>{exponent}</sup>"
 
 
-def _band(x, mean, std, color: str, name: str, visible: bool, legend: bool, axes: dict) -> list[dict]:
+def _band(
+    x: ArrayLike, mean: ArrayLike, std: ArrayLike, color: str, name: str, visible: bool, legend: bool,
+    axes: dict,
+) -> list[dict]:
     """A line with a +-std band, as plain trace dicts (validating hundreds of traces is slow)."""
     x, mean, std = np.asarray(x), np.asarray(mean), np.asarray(std)
     common = {"type": "scatter", "visible": visible, "legendgroup": name, **axes}

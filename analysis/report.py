@@ -14,6 +14,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -24,6 +25,7 @@ from plotly.offline import get_plotlyjs
 from analysis import figures
 from analysis.api import POOLED, StudyAnalysis, StudyDataLike
 from analysis.fanova import MIN_FOREST_TRIALS, MIN_ROWS
+from analysis.space import Space
 from analysis.stats import MIN_TOP_TRIALS
 from storage.errors import OdysseyError
 
@@ -361,12 +363,13 @@ class _Report:
     def _heatmaps(self) -> None:
         a = self.a
         scope = a.main_scope
-        if scope is None:
+        model = None if scope is None else a.fanova(scope)
+        if scope is None or model is None:
             self._note("heatmap", "Heatmaps", "fANOVA could not be fitted: " + "; ".join(a.notes))
             return
         pairs = a.heatmap_pairs()
         if pairs.empty:
-            varied = [p for p in a.fanova(scope).params_ if p in a.space.params]
+            varied = [p for p in model.params_ if p in a.space.params]
             named = ", ".join(varied) if varied else "none"
             self._note("heatmap", "Heatmaps", f"A joint heatmap needs two hyperparameters that vary within "
                        f"the fitted trials; {len(varied)} do{'es' if len(varied) == 1 else ''} ({named}).")
@@ -394,7 +397,7 @@ def selection_label(a: StudyAnalysis) -> str:
     return f"{label} {a.metric if a.select_by != 'seconds' else 'seconds'}"
 
 
-def _heatmap_rows(grid: pd.DataFrame, a: str, b: str, scope: str, space) -> pd.DataFrame:
+def _heatmap_rows(grid: pd.DataFrame, a: str, b: str, scope: str, space: Space) -> pd.DataFrame:
     """heatmap.csv's rows for one pair: both parameters on the sampled scale and in real units."""
     return pd.DataFrame({
         "scope": scope, "param_a": a, "value_a": grid[a], "real_value_a": space.params[a].to_real(grid[a]),
@@ -445,7 +448,7 @@ def _time_spent(trials: pd.DataFrame) -> dict[str, str]:
     return out
 
 
-def _jsonable(obj):
+def _jsonable(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {str(k): _jsonable(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):

@@ -18,4 +18,5 @@ python3 -m venv .venv
 # torch==2.13.0: the CPU build where a local wheel is provided; any torch >= 2.4 works.
 .venv/bin/pip install -q torch==2.13.0 -e '.[test]'
 .venv/bin/ruff check .
+.venv/bin/mypy  # sweep, analysis and storage: the files and settings are in pyproject.toml's [tool.mypy]
 .venv/bin/python -m pytest "$@"

@@ -195,7 +195,8 @@ def _run_sqlite(url: str, sql: str, max_rows: int | None) -> pd.DataFrame:
 
 def _run_sqlite_memory(url: str, sql: str, max_rows: int | None) -> pd.DataFrame:
     with get_engine(url).connect() as conn:
-        raw = conn.connection.dbapi_connection
+        raw = conn.connection.driver_connection
+        assert isinstance(raw, sqlite3.Connection)  # the sqlite driver: its PRAGMA and authorizer are used
         raw.execute("PRAGMA query_only = ON")
         try:
             return _execute_sqlite(raw, url, sql, max_rows)
@@ -243,9 +244,12 @@ def _refuse_privileged_role(cursor: Any) -> None:
 
 
 def _run_postgres(url: str, sql: str, max_rows: int | None) -> pd.DataFrame:
+    import psycopg  # loaded already by the engine's dialect
+
     engine = get_engine(url)
     with engine.connect() as conn:
-        raw = conn.connection.dbapi_connection
+        raw = conn.connection.driver_connection
+        assert isinstance(raw, psycopg.Connection)  # psycopg's own read_only and prepare=True are used
         raw.rollback()
         raw.read_only = True  # psycopg opens the next transaction with BEGIN READ ONLY
         try:

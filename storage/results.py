@@ -11,7 +11,7 @@ import dataclasses
 import json
 import logging
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import pandas as pd
@@ -352,7 +352,7 @@ def lost_trials(url: str | None, study: str, grace_seconds: float) -> list[int]:
 
     def read() -> list[int]:
         with get_engine(resolve_url(url)).connect() as conn:
-            now_db = conn.execute(sa.select(sa.func.now())).scalar()
+            now_db = conn.execute(sa.select(sa.func.now())).scalar_one()
             rows = conn.execute(stmt).all()
         if isinstance(now_db, str):  # SQLite's CURRENT_TIMESTAMP
             now_db = dt.datetime.fromisoformat(now_db)
@@ -577,7 +577,7 @@ def load_study(url: str | None, name: str, *, with_epochs: bool = True) -> Study
         param_rows = conn.execute(
             sa.select(param_table.c.slot, param_table.c.name, param_table.c.value)
             .where(param_table.c.study == name)).all()
-        epoch_rows: list = []
+        epoch_rows: Sequence[sa.RowMapping] = []
         if with_epochs:
             epoch_rows = conn.execute(
                 sa.select(epochs, trials.c.trial_number, trials.c.variant)

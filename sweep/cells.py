@@ -15,6 +15,7 @@ plain autograd step that spells the equations out). Speed and conventions: docs/
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -70,13 +71,18 @@ class Recurrent(nn.Module):
             for k in range(num_layers)
         )
 
+    @property
+    def stack(self) -> list[RecurrentLayer]:
+        """The layers, bottom first, as `RecurrentLayer`s (`nn.ModuleList` yields plain modules)."""
+        return [cast(RecurrentLayer, layer) for layer in self.layers]
+
     def extra_repr(self) -> str:
         return f"variant={self.variant}, num_layers={self.num_layers}"
 
     @property
     def state_sizes(self) -> tuple[int, ...]:
         """Width of each tensor of a layer's state."""
-        return self.layers[0].state_sizes
+        return self.stack[0].state_sizes
 
     def num_parameters(self) -> int:
         """Number of trainable scalars (variants differ: removed gates and peepholes have no parameters)."""
@@ -86,13 +92,13 @@ class Recurrent(nn.Module):
         """Force every layer onto `kernel` (one of `sweep.cells_base.KERNEL_NAMES` that the family implements:
         `reference`, `cpp`, `compiled`, `torch`), or back to the registry's choice with None."""
         if kernel is not None:
-            implemented = ", ".join(self.layers[0].implemented)
-            if kernel not in self.layers[0].implemented:
+            implemented = ", ".join(self.stack[0].implemented)
+            if kernel not in self.stack[0].implemented:
                 known = ", ".join(KERNEL_NAMES)
                 raise OdysseyError(
                     f"{self.variant} has no kernel {kernel!r}; it has {implemented} (of {known})"
                 )
-        for layer in self.layers:
+        for layer in self.stack:
             layer.kernel = kernel
         return self
 
@@ -102,7 +108,7 @@ class Recurrent(nn.Module):
 
     def kernel_for(self, x: Tensor) -> str:
         """The kernel the layers run on tensors like `x` (`reference`, `cpp`, `compiled` or `torch`)."""
-        return self.layers[0].kernel_for(x)
+        return self.stack[0].kernel_for(x)
 
     def initial_state(self, batch_size: int, like: Tensor) -> State:
         """A zero state for `batch_size` sequences, with `like`'s dtype and device."""

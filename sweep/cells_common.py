@@ -88,7 +88,7 @@ def _run_torch_rnn(
     state: tuple[Tensor, ...],
     params: list[Tensor],
 ) -> tuple[Tensor, tuple[Tensor, ...]]:
-    rnn = torch.lstm if kind == "lstm" else torch.gru
+    rnn: Callable = torch.lstm if kind == "lstm" else torch.gru  # one call shape: (x, hx, params, ...)
     hx = tuple(s.unsqueeze(0).contiguous() for s in state)
     hx_arg = hx if kind == "lstm" else hx[0]
     if lengths is None:

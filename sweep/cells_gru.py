@@ -12,6 +12,8 @@ CPU kernel has no fused backward); torch's fused GRU (cuDNN) on a GPU.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -26,6 +28,7 @@ class GRULayer(RecurrentLayer):
     """One GRU layer. State: (s,)."""
 
     implemented = ("reference", "cpp", "torch")
+    zero_bias: Tensor  # the registered buffer: declared, as register_buffer hides it from a type checker
 
     def make_parameters(self, forget_bias: float) -> None:
         n = self.hidden_size
@@ -70,14 +73,14 @@ class _GRUFunction(torch.autograd.Function):
     """The C++ GRU loops: time-major xp (T, B, 3N) = W x + b, U, b_hn, s_0 -> states (T, B, N)."""
 
     @staticmethod
-    def forward(ctx, xp, w, b_hn, h0):  # type: ignore[override]
+    def forward(ctx: Any, xp: Tensor, w: Tensor, b_hn: Tensor, h0: Tensor) -> Tensor:
         rec_n, acts, ys = cells_cpp.load(required=True).gru_forward(xp, w, b_hn, h0)
         ctx.save_for_backward(rec_n, acts, ys, w, h0)
         return ys
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_y):  # type: ignore[override]
+    def backward(ctx: Any, grad_y: Tensor | None) -> tuple[Tensor | None, ...]:
         rec_n, acts, ys, w, h0 = ctx.saved_tensors
         return tuple(cells_cpp.load(required=True).gru_backward(rec_n, acts, ys, w, h0, grad_y))
 

@@ -12,7 +12,7 @@ own BPTT backward.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +25,9 @@ from sweep.cells_common import last_valid, run_torch_rnn
 from sweep.cells_variants import LSTMSpec
 
 
-def lstm_step(spec: LSTMSpec, pre: Tensor, gate_rec: Tensor | None, c: Tensor, peep: Tensor | None) -> State:
+def lstm_step(
+    spec: LSTMSpec, pre: Tensor, gate_rec: Tensor | None, c: Tensor, peep: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor | None]:
     """One step's cell arithmetic: pre (B, G*N) = W x + R y_prev + b in the blocks of `spec.gates`,
     gate_rec (B, 3N) the gate recurrence's G (i, f, o)_prev (or None), c (B, N) the previous cell,
     peep (P, N) the peephole rows in the order i, f, o (or None). Returns (y, c, gates (B, 3N) or None).
@@ -63,6 +65,8 @@ def lstm_step(spec: LSTMSpec, pre: Tensor, gate_rec: Tensor | None, c: Tensor, p
 class LSTMLayer(RecurrentLayer):
     """One layer of an LSTM-family variant. State per layer: (h, c), plus the previous gates (i, f, o)
     with gate recurrence."""
+
+    zero_bias: Tensor  # the registered buffer: declared, as register_buffer hides it from a type checker
 
     @property
     def spec(self) -> LSTMSpec:
@@ -186,7 +190,10 @@ class _LSTMFunction(torch.autograd.Function):
     """The C++ forward and BPTT loops: time-major xp (T, B, G*N) -> outputs y, cells c, gates (or empty)."""
 
     @staticmethod
-    def forward(ctx, xp, w, gw, peep, h0, c0, g0, lay: Layout):  # type: ignore[override]
+    def forward(
+        ctx: Any, xp: Tensor, w: Tensor, gw: Tensor, peep: Tensor,
+        h0: Tensor, c0: Tensor, g0: Tensor, lay: Layout,
+    ) -> tuple[Tensor, Tensor, Tensor]:
         acts, cs, ys, hcs = cells_cpp.load(required=True).lstm_forward(xp, w, gw, peep, h0, c0, g0, *lay)
         ctx.lay = lay
         ctx.set_materialize_grads(False)
@@ -196,7 +203,9 @@ class _LSTMFunction(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_y, grad_c, grad_g):  # type: ignore[override]
+    def backward(
+        ctx: Any, grad_y: Tensor | None, grad_c: Tensor | None, grad_g: Tensor | None
+    ) -> tuple[Tensor | None, ...]:
         grads = cells_cpp.load(required=True).lstm_backward(
             *ctx.saved_tensors, grad_y, grad_c, grad_g, *ctx.lay
         )

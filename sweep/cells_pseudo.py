@@ -13,6 +13,8 @@ through torch.compile (the GPU path), and the C++ loops of `sweep/csrc/lstm_fami
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -68,7 +70,7 @@ class _PseudoFunction(torch.autograd.Function):
     """The C++ PLSTM loops: time-major xp (T, B, 4N), W_(i,f,z), W_o, s_0 -> (outputs, states)."""
 
     @staticmethod
-    def forward(ctx, xp, w_r, w_o, s0):  # type: ignore[override]
+    def forward(ctx: Any, xp: Tensor, w_r: Tensor, w_o: Tensor, s0: Tensor) -> tuple[Tensor, Tensor]:
         acts, reads, ss, ys, phi0 = cells_cpp.load(required=True).plstm_forward(xp, w_r, w_o, s0)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(acts, reads, ss, ys, phi0, w_r, w_o, s0)
@@ -76,7 +78,7 @@ class _PseudoFunction(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_y, grad_s):  # type: ignore[override]
+    def backward(ctx: Any, grad_y: Tensor | None, grad_s: Tensor | None) -> tuple[Tensor | None, ...]:
         return tuple(cells_cpp.load(required=True).plstm_backward(*ctx.saved_tensors, grad_y, grad_s))
 
 

@@ -186,7 +186,9 @@ def resolve(variant: str | Variant, switches: Mapping[str, Any] | None = None) -
 def legal_lstm_specs() -> Iterator[LSTMSpec]:
     """Every legal combination of the LSTM switches (88 of them; Greff et al.'s nine among them)."""
     names = [f.name for f in fields(LSTMSpec)]
-    choices = [FORGET_MODES if name == "forget_gate" else (True, False) for name in names]
+    choices: list[tuple[Any, ...]] = [
+        FORGET_MODES if name == "forget_gate" else (True, False) for name in names
+    ]
     for values in itertools.product(*choices):
         spec = LSTMSpec(**dict(zip(names, values, strict=True)))
         try:

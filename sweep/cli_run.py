@@ -5,10 +5,15 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from types import TracebackType
+from typing import TYPE_CHECKING
 
 import click
 
 from storage.urls import mask_url, resolve_url
+
+if TYPE_CHECKING:  # sweep.run pulls in the training stack: imported only when a run starts
+    from sweep.run import Progress
 
 
 def _fmt_eta(seconds: float | None) -> str:
@@ -39,10 +44,12 @@ class _Display:
         self.progress.__enter__()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.progress.__exit__(*exc)
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.progress.__exit__(kind, exc, tb)
 
-    def update(self, p) -> None:  # p: sweep.run.Progress
+    def update(self, p: Progress) -> None:
         for variant, task in self.tasks.items():
             done, total = p.per_variant.get(variant, (0, 0))
             best = p.best.get(variant)

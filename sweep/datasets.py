@@ -214,7 +214,7 @@ class BernoulliDataset(Dataset):
     """Multi-label frames (piano rolls): a sigmoid per output; loss = Bernoulli NLL summed over outputs."""
 
     metric = "nll"
-    metrics = ("nll",)
+    metrics: tuple[str, ...] = ("nll",)
 
     def step_losses(self, outputs: Tensor, targets: Tensor) -> Tensor:
         return F.binary_cross_entropy_with_logits(outputs, targets, reduction="none").sum(-1)
@@ -227,7 +227,7 @@ class TokenDataset(Dataset):
     """Next-token prediction over a vocabulary: softmax outputs; loss = cross-entropy in nats."""
 
     metric = "perplexity"
-    metrics = ("perplexity", "nll")
+    metrics: tuple[str, ...] = ("perplexity", "nll")
     eval_batch_size = 10
 
     def __init__(self, train: Split, valid: Split, test: Split, vocab: list[str]):

@@ -109,10 +109,15 @@ def _check_split(chorales: Any, where: str) -> None:
 
 def frequency_baseline(dataset: MusicDataset, split: str = "test") -> float:
     """NLL per frame on `split` of predicting each pitch with its training-set frequency (a trivial model)."""
-    train = dataset.split("train")
-    targets = torch.cat([y for _, y in train.sequences])
+    targets = torch.cat([y for _, y in _sequences(dataset, "train")])
     # Clamp so a pitch never heard in training costs a large but finite amount when it does sound.
     freq = targets.mean(0).clamp(1e-6, 1 - 1e-6)
-    frames = torch.cat([y for _, y in dataset.split(split).sequences])
+    frames = torch.cat([y for _, y in _sequences(dataset, split)])
     nll = -(frames * freq.log() + (1 - frames) * (1 - freq).log()).sum(1)
     return float(nll.mean())
+
+
+def _sequences(dataset: MusicDataset, split: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    part = dataset.split(split)
+    assert isinstance(part, SequenceSplit)  # a music dataset's splits are always sequences
+    return part.sequences

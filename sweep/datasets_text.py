@@ -71,7 +71,8 @@ def load_ptb(path: str | Path | None = None) -> WordDataset:
         StreamSplit(torch.tensor([index.get(w, unk) for w in words[split]], dtype=torch.int64))
         for split in PTB_FILES
     ]
-    dataset = WordDataset(*splits, vocab=vocab)
+    train, valid, test = splits
+    dataset = WordDataset(train, valid, test, vocab=vocab)
     dataset.name = "ptb"
     return dataset
 

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
+from typing import Literal, overload
 
 from storage.errors import OdysseyError
 
@@ -77,6 +78,14 @@ class KernelsUnavailable(Exception):
 _status: KernelStatus | None = None
 _module: ModuleType | None = None
 _lock = threading.Lock()
+
+
+@overload
+def load(required: Literal[True]) -> ModuleType: ...
+
+
+@overload
+def load(required: bool = False) -> ModuleType | None: ...
 
 
 def load(required: bool = False) -> ModuleType | None:

@@ -279,7 +279,7 @@ class _Run:
         if self.config.clip is not None:
             norm = torch.nn.utils.clip_grad_norm_(params, self.config.clip)
         else:
-            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
         if not math.isfinite(float(norm)):
             raise Diverged
         self.optimizer.step()

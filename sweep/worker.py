@@ -28,6 +28,7 @@ import threading
 import time
 from contextlib import suppress
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import optuna
@@ -179,6 +180,10 @@ def _suggest(trial: optuna.Trial, name: str, dist: Any) -> Any:
     if isinstance(dist, FloatDistribution):
         return trial.suggest_float(name, dist.low, dist.high, log=dist.log)
     return trial.suggest_categorical(name, dist.choices)
+
+
+def _still_lost(url: str, study_name: str, grace: float, trial_id: int) -> bool:
+    return trial_id in results.lost_trials(url, study_name, grace)
 
 
 def _fmt(value: Any) -> str:
@@ -342,12 +347,11 @@ class Worker:
                 self._waiting.pop(target.study_id, None)
                 continue
             failpoint("claim.after")
-            with_retry(lambda tid=trial_id: self.storage.record_heartbeat(tid), self.url,
-                       what="record a heartbeat")
-            frozen = with_retry(lambda tid=trial_id: self.storage.get_trial(tid), self.url)
-            if not with_retry(lambda f=frozen: settle_claim(self.url, self.storage, target.study_id,
-                                                            target.study.study_name, f),
-                              self.url, what="check the claimed trial's slot"):
+            with_retry(partial(self.storage.record_heartbeat, trial_id), self.url, what="record a heartbeat")
+            frozen = with_retry(partial(self.storage.get_trial, trial_id), self.url)
+            study_name = target.study.study_name
+            settle = partial(settle_claim, self.url, self.storage, target.study_id, study_name, frozen)
+            if not with_retry(settle, self.url, what="check the claimed trial's slot"):
                 continue
             return frozen
 
@@ -360,7 +364,7 @@ class Worker:
         self._last_stale_check[name] = now
         grace = self.config.grace_period
         for trial_id in results.lost_trials(self.url, name, grace):
-            trial = with_retry(lambda tid=trial_id: self.storage.get_trial(tid), self.url)
+            trial = with_retry(partial(self.storage.get_trial, trial_id), self.url)
             slot = trial.user_attrs.get(SLOT_ATTR)
             # Only lost workers count against max_retries; clean stops are counted in INTERRUPTS_ATTR.
             losses = len(retry_history(trial)) + 1 - int(trial.user_attrs.get(INTERRUPTS_ATTR, 0))
@@ -371,7 +375,7 @@ class Worker:
                           trial.number, slot, losses)
             copy = requeue_trial(
                 self.url, self.storage, target.study_id, name, trial_id, final=final,
-                still_lost=lambda tid=trial_id: tid in results.lost_trials(self.url, name, grace))
+                still_lost=partial(_still_lost, self.url, name, grace, trial_id))
             if copy is not None:
                 log.warning("%strial %d (slot %s, %s) lost its worker (no heartbeat); re-queued as trial %d",
                             self._prefix, trial.number, slot, trial.user_attrs.get(VARIANT_ATTR), copy)
@@ -426,7 +430,7 @@ class Worker:
             trial = optuna.trial.Trial(target.study, frozen._trial_id)
             for name, dist in dists.items():
                 if name not in values:
-                    values[name] = with_retry(lambda n=name, d=dist: _suggest(trial, n, d), self.url,
+                    values[name] = with_retry(partial(_suggest, trial, name, dist), self.url,
                                               what="suggest a parameter")
         real = {k: v for k, v in values.items() if k != VARIANT_PARAM}
         real.update(target.spec.fixed)
