@@ -32,7 +32,7 @@ Grid = int | Iterable[Any] | None
 
 __all__ = ["Fanova", "MIN_FOREST_TRIALS", "MIN_ROWS"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"odyssey.{__name__}")
 
 #: Fewest rows a forest is fitted on; below this the decomposition is noise.
 MIN_ROWS = 4

@@ -26,7 +26,7 @@ from sqlalchemy.pool import StaticPool
 from storage.errors import OdysseyError
 from storage.urls import is_sqlite, mask_url, resolve_url, scrub, secrets_of
 
-log = logging.getLogger("odyssey.storage")
+log = logging.getLogger(f"odyssey.{__name__}")
 
 T = TypeVar("T")
 

@@ -34,7 +34,7 @@ from storage.schema import (
 from storage.schema import params as param_table
 from storage.urls import is_sqlite, mask_url, resolve_url, scrub, secrets_of
 
-log = logging.getLogger("odyssey.storage")
+log = logging.getLogger(f"odyssey.{__name__}")
 T = TypeVar("T")
 
 #: seconds a read keeps retrying a transient failure (writes use the longer `retry_budget`)

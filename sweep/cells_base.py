@@ -35,7 +35,7 @@ from sweep import cells_cpp
 from sweep.cells_common import init_matrix, init_vector, last_valid, zero_padding
 from sweep.cells_variants import Variant
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"odyssey.{__name__}")
 
 ENV_VAR = cells_cpp.ENV_VAR
 BACKENDS = ("auto", "cpp", "compiled", "reference")  # what $ODYSSEY_CELLS_BACKEND may say

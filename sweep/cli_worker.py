@@ -54,7 +54,7 @@ def worker(url: str | None, study_name: str | None, devices: str, jobs_per_devic
                           heartbeat_interval=heartbeat_interval, grace_period=grace_period,
                           max_retries=max_retries, poll_interval=poll_interval, objective=objective,
                           threads=threads)
-    logging.getLogger("odyssey.worker").info("storage %s", mask_url(resolved))
+    logging.getLogger(f"odyssey.{__name__}").info("storage %s", mask_url(resolved))
     slots = resolve_devices(devices, objective)
     require_existing_database(resolved)  # a mistyped SQLite path must not become a new, empty database
     prepare_kernels(objective)

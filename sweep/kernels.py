@@ -45,7 +45,7 @@ from typing import Literal, overload
 
 from storage.errors import OdysseyError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"odyssey.{__name__}")
 
 SOURCE = Path(__file__).with_name("csrc") / "lstm_family.cpp"
 PREFIX = "odyssey_lstm_family"
@@ -226,6 +226,9 @@ def _loaded(path: Path, seconds: float | None) -> tuple[ModuleType, KernelStatus
 
 
 def _say(message: str) -> None:
+    # Printed, not logged: a first build stalls for minutes in whatever process uses a cell first - a
+    # worker child, `odyssey train`, a notebook, `python -c` - where logging is often unconfigured or set
+    # to WARNING (`odyssey run`), and the user must still see why nothing happens (tests/test_kernels.py).
     print(message, file=sys.stderr, flush=True)
 
 

@@ -25,7 +25,7 @@ from storage.schema import FINISHED_STATES
 from sweep.spec import StudySpec
 from sweep.worker import WorkerConfig, _die_with_parent
 
-log = logging.getLogger("odyssey.run")
+log = logging.getLogger(f"odyssey.{__name__}")
 
 
 

@@ -28,7 +28,7 @@ from storage.schema import FINISHED_STATES, STATES
 from sweep.objective import name_metric
 from sweep.spec import StudySpec, design_points, parse_spec
 
-log = logging.getLogger("odyssey.study")
+log = logging.getLogger(f"odyssey.{__name__}")
 
 VARIANT_PARAM = "variant"
 SLOT_ATTR = "odyssey_slot"

@@ -61,7 +61,7 @@ from sweep.study import (
     study_lock,
 )
 
-log = logging.getLogger("odyssey.worker")
+log = logging.getLogger(f"odyssey.{__name__}")
 
 DIVERGED_ATTR = "odyssey_diverged"
 INTERRUPTS_ATTR = "odyssey_interrupts"  # clean stops of this slot so far (user attr, copied on re-queue)

@@ -43,3 +43,24 @@ def test_light_cli_commands_do_not_import_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+LOGGERS = """
+import importlib, logging, pkgutil
+packages = ("sweep", "analysis", "storage")
+bad = []
+for pkg in packages:
+    for info in pkgutil.walk_packages(importlib.import_module(pkg).__path__, prefix=pkg + "."):
+        module = importlib.import_module(info.name)
+        bad += [f"{info.name}.{k}: {v.name}" for k, v in vars(module).items()
+                if isinstance(v, logging.Logger) and v.name != "odyssey." + info.name]
+bad += [name for name in logging.root.manager.loggerDict if name.split(".")[0] in packages]
+print("\\n".join(bad))
+"""
+
+
+def test_every_module_logs_under_odyssey() -> None:
+    """`logging.getLogger("odyssey")` selects every log line of the three packages: each module's logger is
+    `odyssey.<module>` (so `odyssey.storage` selects the storage package's)."""
+    out = subprocess.run([sys.executable, "-c", LOGGERS], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "", f"loggers outside odyssey.<module>:\n{out.stdout}"

@@ -730,7 +730,7 @@ def test_compiled_step_falls_back_to_eager(monkeypatch, caplog) -> None:
     step = CompiledStep(model.layers[0].make_step())
     monkeypatch.setattr(type(model.layers[0]), "compiled_step", lambda self: step)
     x, lengths, state = randn(2, 4, M), torch.tensor([4, 2]), rand_state(model, 2)
-    with caplog.at_level("WARNING", logger="sweep.cells_base"):
+    with caplog.at_level("WARNING", logger="odyssey.sweep.cells_base"):
         got = run_and_grad(model.set_kernel("compiled"), x, lengths, state)
         run_and_grad(model, x, lengths, state)
     assert step.failed and caplog.text.count("torch.compile is unavailable (no C++ compiler found)") == 1

@@ -122,7 +122,7 @@ def test_no_compiler_warns_once_and_the_cells_fall_back(fresh_kernels, monkeypat
     monkeypatch.setenv("CXX", str(fresh_kernels / "no-such-c++"))
     layer = make_recurrent("V", 3, 5)
     x = torch.randn(2, 4, 3)
-    logs = caplog.at_level(logging.INFO, logger="sweep.kernels")
+    logs = caplog.at_level(logging.INFO, logger="odyssey.sweep.kernels")
     with logs, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert kernels.load() is None and kernels.load() is None
