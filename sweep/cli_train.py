@@ -14,6 +14,9 @@ from storage.errors import OdysseyError
 if TYPE_CHECKING:
     from sweep.training import EpochReport
 
+# Datasets without a bundled copy: what --data must point at.
+_DATA_NEEDED = {"ptb": "a directory holding ptb.train/valid/test.txt", "char": "a UTF-8 text file"}
+
 
 @click.command()
 @click.option(
@@ -70,6 +73,8 @@ def train(dataset_name: str, data_path: str | None, threads: int | None, **setti
     resolve_device(config.device)  # fail before loading data
     if data_path is not None and dataset_name == "synthetic":
         raise OdysseyError("synthetic: takes no --data")
+    if data_path is None and dataset_name in _DATA_NEEDED:
+        raise OdysseyError(f"{dataset_name}: --data is required ({_DATA_NEEDED[dataset_name]})")
     dataset = load_dataset(dataset_name, path=data_path)
     console = Console()
     console.print(f"{dataset.describe()}; {config.variant}, {config.hidden_size} cells, {config.optimizer}")
