@@ -515,6 +515,7 @@ def test_one_service_builds_the_one_image_of_the_stack(stack: str) -> None:
     assert builders == ["db-init"], "one build per `up`: every other service reuses db-init's image"
     odyssey = {svc["image"] for name, svc in services.items() if name != "postgres"}
     assert len(odyssey) == 1, odyssey
+    assert {svc.get("pull_policy") for name, svc in services.items() if name != "postgres"} == {"never"}
     # db-init runs before every other odyssey service of `up`, so its image is built before they start.
     for name, svc in services.items():
         if name not in ("postgres", "db-init", "cli"):
