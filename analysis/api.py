@@ -22,14 +22,20 @@ import numpy as np
 import pandas as pd
 
 from analysis import TARGETS
-from analysis.fanova import MIN_ROWS, Fanova
-from analysis.space import Space, finished, is_diverged, scored_trials, space_from_spec
-from analysis.stats import best_fraction, variant_stats
+from analysis.fanova import MIN_FOREST_TRIALS, MIN_ROWS, Fanova
+from analysis.space import Space, cap_diverged, finished, is_diverged, scored_trials, space_from_spec
+from analysis.stats import MIN_TOP_TRIALS, best_fraction, selection_direction, top_count, variant_stats
 from storage.errors import OdysseyError
 
 POOLED = "pooled"
 PAIRED_DESIGNS = ("random", "sobol")
 STATES = ("complete", "diverged", "failed", "running", "waiting")
+#: The pair of the paper's heatmaps (its largest interaction); always offered when both vary.
+PAPER_PAIR = ("learning_rate", "hidden_size")
+#: The validation column that ranks trials for each shown column (the paper's rule: choose by
+#: validation, report test); the default of ``select_by``.
+VALIDATION_OF = {"best_test": "best_valid", "best_valid": "best_valid", "final_test": "final_valid",
+                 "final_valid": "final_valid", "seconds": "best_valid"}  # fmt: skip
 
 
 class StudyDataLike(Protocol):
@@ -50,10 +56,12 @@ def load(url: str | None, study: str, **options) -> StudyAnalysis:
 class StudyAnalysis:
     """Statistics, fANOVA and marginals of one study.
 
-    ``target`` is the trial column analysed (``best_test`` by default, as in the paper); ``baseline`` the
-    variant the others are tested against (the first variant when it is absent); ``top_fraction`` the
-    share of best trials the statistics use; ``n_trees``/``seed`` configure the fANOVA forests;
-    ``progress`` receives a line of text before each slow step.
+    ``target`` is the trial column analysed (``best_test`` by default, as in the paper); ``select_by``
+    the column that ranks trials for the best ``top_fraction`` (default: the target's validation
+    counterpart, :data:`VALIDATION_OF`, so the test set never chooses; pass ``select_by=target`` for the
+    optimistic choice by the shown score); ``baseline`` the variant the others are tested against (the
+    first variant when it is absent); ``n_trees``/``seed`` configure the fANOVA forests; ``progress``
+    receives a line of text before each slow step. Unknown columns raise ``OdysseyError``.
     """
 
     def __init__(
@@ -61,6 +69,7 @@ class StudyAnalysis:
         data: StudyDataLike,
         target: str = "best_test",
         *,
+        select_by: str | None = None,
         baseline: str = "V",
         top_fraction: float = 0.1,
         alpha: float = 0.05,
@@ -70,6 +79,10 @@ class StudyAnalysis:
     ) -> None:
         if target not in TARGETS:
             raise OdysseyError(f"unknown target {target!r} (expected one of {', '.join(TARGETS)})")
+        select_by = select_by or VALIDATION_OF[target]
+        if select_by not in TARGETS:
+            expected = ", ".join(TARGETS)
+            raise OdysseyError(f"unknown selection column {select_by!r} (expected one of {expected})")
         if not 0 < top_fraction <= 1:
             raise OdysseyError(f"top fraction must be in (0, 1], got {top_fraction}")
         self.spec: Mapping = data.spec or {}
@@ -77,6 +90,7 @@ class StudyAnalysis:
         self.trials = data.trials
         self.epochs = data.epochs
         self.target = target
+        self.select_by = select_by
         self.alpha = alpha
         self.top_fraction = top_fraction
         self.n_trees = n_trees
@@ -86,6 +100,7 @@ class StudyAnalysis:
         # Training time is always better short, whatever the study optimises.
         self.direction = "minimize" if target == "seconds" else str(self.spec.get("direction", "minimize"))
         self.metric = str(self.spec.get("metric") or "score") if target != "seconds" else "seconds"
+        self.select_direction = selection_direction(select_by, str(self.spec.get("direction", "minimize")))
         self.design = str(self.spec.get("design", "random"))
         listed = [str(v) for v in self.spec.get("variants", ())]
         present = list(dict.fromkeys(self.trials["variant"].astype(str))) if len(self.trials) else []
@@ -97,10 +112,17 @@ class StudyAnalysis:
     # ------------------------------------------------------------------------------------ the data
     @cached_property
     def scored(self) -> pd.DataFrame:
-        """Finished trials: ``variant``, sampled hyperparameters, ``score``, ``capped``, ``seconds``."""
+        """Finished trials: ``variant``, sampled hyperparameters, ``score`` (the target), ``capped``,
+        ``select`` (the ``select_by`` column, diverged rule applied) and ``seconds``."""
         frame = scored_trials(self.trials, self.space, self.target, self.direction)
-        if len(frame) and "seconds" in self.trials:
-            frame["seconds"] = pd.to_numeric(self.trials.loc[frame.index, "seconds"], errors="coerce")
+        if len(frame):
+            done = self.trials.loc[frame.index]
+            frame["select"] = (
+                frame["score"] if self.select_by == self.target
+                else cap_diverged(done, self.select_by, self.select_direction)[0]
+            )  # fmt: skip
+            if "seconds" in self.trials:
+                frame["seconds"] = pd.to_numeric(done["seconds"], errors="coerce")
         return frame
 
     @cached_property
@@ -145,15 +167,49 @@ class StudyAnalysis:
         return variant_stats(
             self.trials, metric=self.target, baseline=self.baseline, direction=self.direction,
             top_fraction=self.top_fraction, alpha=self.alpha, pair_on=pair_on, variants=self.variants,
+            select_by=self.select_by,
         )  # fmt: skip
 
     def top_trials(self) -> pd.DataFrame:
-        """The best ``top_fraction`` of each variant's finished trials (columns as :attr:`scored`)."""
+        """The best ``top_fraction`` of each variant's finished trials ranked by ``select_by`` (columns
+        as :attr:`scored`)."""
         parts = [
-            self.scored.loc[best_fraction(g["score"], self.top_fraction, self.direction).index]
+            self.scored.loc[best_fraction(g["select"], self.top_fraction, self.select_direction).index]
             for _, g in self.scored.groupby("variant", sort=False)
         ]
         return pd.concat(parts) if parts else self.scored.iloc[:0]
+
+    def sample_size(self) -> pd.DataFrame:
+        """Whether each scope has the trials its statistics need: columns scope, trials, top_n,
+        small_top (the best fraction holds fewer than ``MIN_TOP_TRIALS``; NaN for ``pooled``, which has
+        no box), points (distinct hyperparameter settings among the trials: a paired design trains every
+        variant on the same ones, so the pooled forest has no more points than one variant) and
+        small_forest (the fANOVA forest rests on fewer than ``MIN_FOREST_TRIALS`` points)."""
+        columns = ["scope", "trials", "top_n", "small_top", "points", "small_forest"]
+        scored = self.scored
+        names = self.space.names
+        # With every hyperparameter fixed there is no forest, so no forest can be too small.
+        forest = MIN_FOREST_TRIALS if names else 0
+        rows = []
+        for variant in self.variants:
+            mine = scored[scored["variant"] == variant] if len(scored) else scored
+            top = top_count(len(mine), self.top_fraction)
+            points = len(mine[names].drop_duplicates()) if names else 0
+            rows.append({"scope": variant, "trials": len(mine), "top_n": top,
+                         "small_top": top < MIN_TOP_TRIALS, "points": points,
+                         "small_forest": points < forest})  # fmt: skip
+        if len(self.variants) > 1:
+            points = len(scored[names].drop_duplicates()) if names else 0
+            rows.append({"scope": POOLED, "trials": len(scored), "top_n": np.nan, "small_top": np.nan,
+                         "points": points, "small_forest": points < forest})  # fmt: skip
+        return pd.DataFrame(rows, columns=columns)
+
+    @property
+    def too_small(self) -> bool:
+        """True when no variant has the trials for either statistic: no conclusion can be drawn."""
+        size = self.sample_size()
+        variants = size[size["scope"] != POOLED]
+        return bool(len(variants)) and bool((variants["small_top"] & variants["small_forest"]).all())
 
     # ------------------------------------------------------------------------------------- fANOVA
     @property
@@ -233,6 +289,12 @@ class StudyAnalysis:
             else pd.DataFrame(columns=["scope", "param_a", "param_b", "fraction", "std", "total"])
         )
 
+    def decomposition(self, target: str = "score") -> pd.DataFrame:
+        """Variance fractions per scope and component (each main effect, ``pairwise`` for all pairs
+        together, ``higher order``) with their std across trees: columns scope, component, fraction, std."""
+        out = self._collect("decomposition", target)
+        return out if len(out) else pd.DataFrame(columns=["scope", "component", "fraction", "std"])
+
     def higher_order(self, target: str = "score") -> pd.Series:
         """Variance fraction of interactions of three or more inputs, per scope."""
         values = {s: fa.higher_order() for s in self.scopes if (fa := self.fanova(s, target)) is not None}
@@ -269,20 +331,30 @@ class StudyAnalysis:
         ordered = sorted(self.scopes, key=lambda s: s != POOLED)
         return next((s for s in ordered if self.fanova(s) is not None), None)
 
-    def heatmap_pair(self) -> tuple[str, str] | None:
-        """The pair for the heatmaps: learning rate x hidden size when both vary, else the two most
-        important hyperparameters of :attr:`main_scope`."""
+    def heatmap_pairs(self) -> pd.DataFrame:
+        """Hyperparameter pairs of :attr:`main_scope` for the heatmaps, largest interaction first, with
+        learning rate x hidden size (the paper's pair) second when it is not already first: columns
+        param_a, param_b, fraction, std, total (as :meth:`interactions`). Empty when fewer than two
+        hyperparameters vary within the fitted trials."""
         scope = self.main_scope
+        columns = ["param_a", "param_b", "fraction", "std", "total"]
         if scope is None:
-            return None
-        fa = self.fanova(scope)
-        if {"learning_rate", "hidden_size"} <= set(fa.params):
-            return ("learning_rate", "hidden_size")
-        ranked = [p for p in fa.main_effects()["param"] if p in self.space.params]
-        return (ranked[0], ranked[1]) if len(ranked) >= 2 else None
+            return pd.DataFrame(columns=columns)
+        pairs = self.fanova(scope).interactions()
+        pairs = pairs[pairs["param_a"].isin(self.space.params) & pairs["param_b"].isin(self.space.params)]
+        if pairs.empty:
+            return pd.DataFrame(columns=columns)
+        paper = pairs[pairs["param_a"].isin(PAPER_PAIR) & pairs["param_b"].isin(PAPER_PAIR)]
+        shown = pd.concat([pairs.iloc[:1], paper]).drop_duplicates(["param_a", "param_b"])
+        return shown.reset_index(drop=True)
+
+    def heatmap_pair(self) -> tuple[str, str] | None:
+        """The pair with the largest interaction in :attr:`main_scope` (see :meth:`heatmap_pairs`)."""
+        pairs = self.heatmap_pairs()
+        return None if pairs.empty else (pairs.loc[0, "param_a"], pairs.loc[0, "param_b"])
 
     def marginal_2d(self, a: str, b: str, scope: str = POOLED, grid: int = 30) -> pd.DataFrame:
-        """Joint marginal of ``a`` x ``b``: columns a, b, mean, std, interaction (sampled scale)."""
+        """Joint marginal of ``a`` x ``b``: columns a, b (sampled scale), mean, std, interaction."""
         fa = self.fanova(scope)
         if fa is None:
             raise OdysseyError(f"no fANOVA for {scope!r}: {'; '.join(self.notes) or 'too few trials'}")

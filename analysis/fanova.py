@@ -23,12 +23,15 @@ from sklearn.ensemble import RandomForestRegressor
 from analysis.fanova_trees import TreeAnova
 from storage.errors import OdysseyError
 
-__all__ = ["Fanova", "MIN_ROWS"]
+__all__ = ["Fanova", "MIN_FOREST_TRIALS", "MIN_ROWS"]
 
 log = logging.getLogger(__name__)
 
 #: Fewest rows a forest is fitted on; below this the decomposition is noise.
 MIN_ROWS = 4
+#: Fewest rows for a decomposition worth reading: with fewer, the per-tree spread of the fractions is
+#: about as large as the fractions (reports fit smaller forests but say so).
+MIN_FOREST_TRIALS = 20
 #: Default grid sizes of ``marginal`` and ``marginal_2d`` for continuous inputs.
 GRID_1D = 100
 GRID_2D = 30
@@ -43,6 +46,8 @@ class Fanova:
     parameters); ``bounds`` maps continuous inputs to their domain (default: the data's min/max);
     ``categorical`` names inputs treated as factors (a discrete uniform measure over the observed
     levels). Columns with a single value are dropped (see ``dropped`` and ``notes``).
+    The forest is fitted on the standardised target ``(y - target_offset) / target_scale`` (its mean
+    and std), so results do not depend on the target's scale or offset; marginals are in its units.
     ``n_jobs`` (scikit-learn's meaning: None = 1, -1 = all cores) serves the forest's fit and, as
     threads, the per-tree decomposition. ``max_features`` (inputs tried per split) defaults to the
     original fanova's rule, max(1, floor(0.7 * inputs)); 1.0 gives scikit-learn's (and Optuna's) all.
@@ -67,6 +72,14 @@ class Fanova:
         self.notes: list[str] = []
         self.dropped: dict[str, object] = {}
         self.y = _check_target(y, X)
+        # Trees are fitted on the standardised target, so neither the metric's scale nor a large offset
+        # matters (a variance of 1e-16 is not mistaken for a constant, nor 1e9 + noise rounded away);
+        # fractions are scale-free and marginals are mapped back to the target's units. Rounding to
+        # 1e-9 std makes the same data at any scale give the same forest bit for bit (the rounding
+        # noise of the division would otherwise break exact ties between splits differently).
+        self.target_offset = float(self.y.mean())
+        self.target_scale = float(self.y.std()) or 1.0
+        standard = np.round((self.y - self.target_offset) / self.target_scale, 9)
         self.params, self.categories, self.bounds, unit = self._prepare_inputs(X, bounds, categorical)
         self._levels = [len(self.categories[p]) if p in self.categories else None for p in self.params]
         if max_features is None:
@@ -81,7 +94,7 @@ class Fanova:
             n_jobs=n_jobs,
         )
         start = time.perf_counter()
-        forest.fit(unit, self.y)
+        forest.fit(unit, standard)
         self.forest = forest
         self._workers = effective_n_jobs(n_jobs)
         self._trees = self._map(lambda est: TreeAnova(est.tree_, self._levels), forest.estimators_)
@@ -95,9 +108,12 @@ class Fanova:
         variances = np.array([t.variance for t in self._trees])
         # As in the original, trees without variance (a bootstrap of equal targets) have no fractions;
         # the floor keeps rounding noise of a constant tree from being divided by.
-        self._used = np.flatnonzero(variances > (1e-12 * np.ptp(self.y)) ** 2)
+        self._used = np.flatnonzero(variances > (1e-12 * np.ptp(standard)) ** 2)
         if not self._used.size:
-            raise OdysseyError("fANOVA: every tree of the forest is constant; the target shows no variation")
+            raise OdysseyError(
+                f"fANOVA: every one of the {n_trees} trees is constant (each bootstrap sample of the "
+                f"{len(self.y)} trials drew equal targets); fit more trees or add trials"
+            )
         self._variance = variances[self._used]
         self._main = np.array([self._trees[i].main_variance for i in self._used]) / self._variance[:, None]
         self._pairs: dict[tuple[int, int], np.ndarray] = {}
@@ -118,8 +134,8 @@ class Fanova:
 
     @property
     def total_variance(self) -> float:
-        """Mean over trees of each tree's total variance."""
-        return float(self._variance.mean())
+        """Mean over trees of each tree's total variance, in the target's units squared."""
+        return float(self._variance.mean()) * self.target_scale**2
 
     # ----------------------------------------------------------------------------------------- input
     def _prepare_inputs(
@@ -169,12 +185,12 @@ class Fanova:
 
     def _drop(self, name: str, value: object) -> None:
         self.dropped[name] = value
-        self.notes.append(f"input '{name}' is constant ({value!r}) and was left out")
+        self.notes.append(f"input '{name}' is constant ({_show(value)}) and was left out")
 
     def _index(self, param: str) -> int:
         if param in self.dropped:
             value = self.dropped[param]
-            raise OdysseyError(f"fANOVA: input '{param}' is constant ({value!r}) and was left out")
+            raise OdysseyError(f"fANOVA: input '{param}' is constant ({_show(value)}) and was left out")
         try:
             return self.params.index(param)
         except ValueError:
@@ -214,6 +230,20 @@ class Fanova:
             )
         frame = pd.DataFrame(rows, columns=["param_a", "param_b", "fraction", "std", "total"])
         return frame.sort_values("fraction", ascending=False, kind="stable", ignore_index=True)
+
+    def decomposition(self) -> pd.DataFrame:
+        """The whole variance split into parts, with their spread across trees: one row per main
+        effect (in ``params`` order), ``pairwise`` (all pairs' interactions together) and ``higher
+        order`` (the rest); columns component, fraction, std. Fractions sum to 1."""
+        combos = itertools.combinations(range(len(self.params)), 2)
+        pairs = [self._pair_fractions(j, k)[:, 0] for j, k in combos]
+        pairwise = np.sum(pairs, axis=0) if pairs else np.zeros(len(self._used))
+        higher = 1.0 - self._main.sum(axis=1) - pairwise
+        parts = np.column_stack([self._main, pairwise, higher])
+        return pd.DataFrame(
+            {"component": [*self.params, "pairwise", "higher order"], "fraction": parts.mean(axis=0),
+             "std": parts.std(axis=0)}
+        )  # fmt: skip
 
     def higher_order(self) -> float:
         """Variance fraction left to interactions of three or more inputs: 1 - mains - pairs."""
@@ -257,12 +287,18 @@ class Fanova:
         j = self._index(param)
         values, unit = self._grid(param, grid, GRID_1D)
         per_tree = np.array([t.main[j][t.cell_index(j, unit)] for t in self._trees])
-        return pd.DataFrame({"value": values, "mean": per_tree.mean(axis=0), "std": per_tree.std(axis=0)})
+        mean, std = self._to_target(per_tree.mean(axis=0)), per_tree.std(axis=0) * self.target_scale
+        return pd.DataFrame({"value": values, "mean": mean, "std": std})
+
+    def _to_target(self, level: np.ndarray) -> np.ndarray:
+        """Map a level predicted by the trees (standardised target) back to the target's units."""
+        return level * self.target_scale + self.target_offset
 
     def marginal_2d(self, a: str, b: str, grid=None) -> pd.DataFrame:
         """Marginal predicted target of a pair on a grid (long form): columns a, b, mean, std, interaction.
 
-        ``interaction`` is the pair marginal minus both main-effect marginals plus the overall mean.
+        ``interaction`` is the pair marginal minus both main-effect marginals plus the overall mean: the
+        part neither input explains alone, centred on 0, in the target's units.
         ``grid``: None (30 points per continuous input), a number of points per input, or a pair of
         value sequences.
         """
@@ -287,9 +323,9 @@ class Fanova:
             {
                 a: va[ga.ravel()],
                 b: vb[gb.ravel()],
-                "mean": pair_arr.mean(axis=0).ravel(),
-                "std": pair_arr.std(axis=0).ravel(),
-                "interaction": inter_arr.mean(axis=0).ravel(),
+                "mean": self._to_target(pair_arr.mean(axis=0).ravel()),
+                "std": pair_arr.std(axis=0).ravel() * self.target_scale,
+                "interaction": inter_arr.mean(axis=0).ravel() * self.target_scale,
             }
         )
 
@@ -316,8 +352,15 @@ def _check_target(y: Iterable[float], X: pd.DataFrame) -> np.ndarray:
     if bad:
         raise OdysseyError(f"fANOVA: the target has {bad} NaN or infinite value(s); drop those trials first")
     if np.unique(target).size < 2:
-        raise OdysseyError(f"fANOVA: the target is constant ({target[0]!r}); there is no variance to explain")
+        raise OdysseyError(f"fANOVA: the target is constant ({target[0]:g}); there is no variance to explain")
     return target
+
+
+def _show(value: object) -> str:
+    """A value as a reader writes it: 5 or 0.001, never np.float64(5.0)."""
+    if isinstance(value, int | float | np.number) and not isinstance(value, bool):
+        return f"{float(value):g}"
+    return str(value)
 
 
 def _sorted_levels(levels: list) -> list:

@@ -23,6 +23,8 @@ from plotly.offline import get_plotlyjs
 
 from analysis import figures
 from analysis.api import POOLED, StudyAnalysis, StudyDataLike
+from analysis.fanova import MIN_FOREST_TRIALS, MIN_ROWS
+from analysis.stats import MIN_TOP_TRIALS
 from storage.errors import OdysseyError
 
 DIVERGED_RULE = (
@@ -33,7 +35,9 @@ CSS = """
 body{font-family:system-ui,sans-serif;margin:0 auto;max-width:1200px;padding:1em 2em;color:#222}
 h1{margin-bottom:.2em} h2{margin-top:1.6em;border-bottom:1px solid #ddd}
 p.guide{color:#555;font-style:italic;margin:.3em 0 .8em}
-p.note{background:#fff6d5;border-left:4px solid #e0b000;padding:.4em .8em}
+p.note{background:#f4f6f8;border-left:4px solid #9aa5b1;padding:.4em .8em}
+.warn{background:#fff6d5;border-left:4px solid #e0b000;padding:.4em .8em;margin:.6em 0}
+div.warn ul{margin:.3em 0}
 table{border-collapse:collapse;margin:.5em 0;font-size:.9em}
 td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right;white-space:nowrap} th{background:#f3f3f3}
 table.setup td{text-align:left;white-space:normal}
@@ -56,6 +60,7 @@ def build_report(
     outdir: str | Path,
     *,
     target: str = "best_test",
+    select_by: str | None = None,
     seed: int = 0,
     n_trees: int = 64,
     jobs: int | None = None,
@@ -69,8 +74,9 @@ def build_report(
         progress(f"loading study {study!r}")
     data = load_study(url, study)
     return build_report_from_data(
-        data, outdir, target=target, seed=seed, n_trees=n_trees, jobs=jobs, progress=progress
-    )
+        data, outdir, target=target, select_by=select_by, seed=seed, n_trees=n_trees, jobs=jobs,
+        progress=progress,
+    )  # fmt: skip
 
 
 def build_report_from_data(
@@ -78,6 +84,7 @@ def build_report_from_data(
     outdir: str | Path,
     *,
     target: str = "best_test",
+    select_by: str | None = None,
     seed: int = 0,
     n_trees: int = 64,
     jobs: int | None = None,
@@ -85,15 +92,17 @@ def build_report_from_data(
 ) -> Path:
     """Write ``report.html`` and the numbers (``variant_stats.csv``, ``main_effects.csv``,
     ``interactions.csv``, ``marginals.csv``, ``heatmap.csv``, ``curves.csv``, ``summary.json``) into
-    ``outdir``; returns the HTML path. ``target`` is the trial column analysed, ``seed`` and ``n_trees``
-    configure the fANOVA forests, ``jobs`` how many are fitted at once (default: one per CPU), and
-    ``progress`` receives a line before each slow step."""
+    ``outdir``; returns the HTML path. ``target`` is the trial column analysed, ``select_by`` the column
+    that chooses each variant's best 10% (default: the target's validation counterpart, the paper's
+    rule), ``seed`` and ``n_trees`` configure the fANOVA forests, ``jobs`` how many are fitted at once
+    (default: one per CPU), and ``progress`` receives a line before each slow step. Unknown columns
+    raise ``OdysseyError``."""
     outdir = Path(outdir)
     try:
         outdir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OdysseyError(f"cannot create report directory {outdir}: {exc.strerror or exc}") from None
-    analysis = StudyAnalysis(data, target, seed=seed, n_trees=n_trees, progress=progress)
+    analysis = StudyAnalysis(data, target, select_by=select_by, seed=seed, n_trees=n_trees, progress=progress)
     report = _Report(analysis, outdir, jobs or os.cpu_count() or 1)
     return report.write()
 
@@ -106,6 +115,8 @@ class _Report:
         self.outdir = outdir
         self.jobs = jobs
         self.sections: list[str] = []
+        self.top: list[str] = []  # warnings shown above everything else
+        self.small_top = self.small_forest = ""  # the sample-size warnings beside the figures
         self.summary: dict = {}
         self.started = time.perf_counter()
 
@@ -127,11 +138,12 @@ class _Report:
             problem = str(exc)
         self.summary = {
             "study": name, "dataset": (a.spec.get("dataset") or {}).get("name"), "target": a.target,
-            "metric": a.metric, "direction": a.direction, "design": a.design,
+            "selected_by": a.select_by, "metric": a.metric, "direction": a.direction, "design": a.design,
             "variants": a.variants, "fixed": a.space.fixed, "diverged_rule": DIVERGED_RULE,
         }  # fmt: skip
         self._setup(problem)
         if problem is None:
+            self._sample_size()
             self._analyse()
         else:
             self.sections.append(f'<p class="note" id="nothing">{html.escape(problem)}</p>')
@@ -151,16 +163,16 @@ class _Report:
     def _write_json(self, filename: str, obj: dict) -> None:
         _atomic_write(self.outdir / filename, json.dumps(_jsonable(obj), indent=1))
 
-    def _figure(self, key: str, title: str, fig: go.Figure | dict) -> None:
+    def _figure(self, key: str, title: str, fig: go.Figure | dict, warning: str = "") -> None:
         # plotly.js itself is written once in <head>; figures only carry their data.
         div = pio.to_html(
             fig, include_plotlyjs=False, full_html=False, div_id=f"fig-{key}", validate=False,
             config={"displaylogo": False, "responsive": True},
         )  # fmt: skip
         guide = html.escape(figures.GUIDES[key])
-        self.sections.append(
-            f'<section id="{key}"><h2>{html.escape(title)}</h2><p class="guide">{guide}</p>{div}</section>'
-        )
+        warn = f'<p class="warn sample-size">{html.escape(warning)}</p>' if warning else ""
+        head = f"<h2>{html.escape(title)}</h2>{warn}"
+        self.sections.append(f'<section id="{key}">{head}<p class="guide">{guide}</p>{div}</section>')
 
     def _note(self, key: str, title: str, text: str) -> None:
         body = f'<h2>{html.escape(title)}</h2><p class="note">{html.escape(text)}</p>'
@@ -177,6 +189,7 @@ class _Report:
             f"<title>lstm-odyssey report: {html.escape(name)}</title><style>{CSS}</style>"
             f'<script type="text/javascript">{get_plotlyjs()}</script></head><body>'
             f"<h1>Study {html.escape(name)}</h1><nav>{nav}</nav>\n"
+            + "".join(self.top)
             + "\n".join(self.sections)
             + "</body></html>"
         )
@@ -192,19 +205,24 @@ class _Report:
             f"{done['finished']} of {done['planned']} planned trials finished ({pct}); "
             f"{done['running']} running, {done['waiting']} not started, {done['failed']} failed."
         )
-        if done["finished"] < done["planned"]:
+        complete = done["finished"] >= done["planned"]
+        if not complete:
             status += " The study is incomplete: results may still change."
         spec = a.spec
         dataset = spec.get("dataset") or {}
         setup = {
             "dataset": ", ".join(f"{k}={v}" for k, v in dataset.items()) or "?",
             "metric (target)": f"{a.metric} ({a.target}, {a.direction})",
+            "best trials chosen by": f"{a.select_by} ({selection_label(a)}): the best {a.top_fraction:.0%} "
+            f"of each variant's finished trials"
+            + (", the paper's rule" if a.select_by != a.target and "valid" in a.select_by else ""),
             "design": f"{a.design}, seed {spec.get('seed', '?')}",
             "variants": ", ".join(a.variants) or "none",
             "baseline": a.baseline,
             "trials per variant": spec.get("trials_per_variant", "?"),
-            "training": ", ".join(f"{k}={v}" for k, v in (spec.get("training") or {}).items()) or "?",
-        }
+            "training": ", ".join(f"{k}={v}" for k, v in (spec.get("training") or {}).items()
+                                  if v is not None) or "?",
+        }  # fmt: skip
         setup.update(_time_spent(a.trials))
         setup["diverged rule"] = f"{DIVERGED_RULE} Capped here: {done['capped']} trial(s)."
         rows = "".join(
@@ -221,14 +239,54 @@ class _Report:
         )  # fmt: skip
         counts = a.counts()
         self.summary["counts"] = counts.reset_index(names="variant").to_dict("records")
+        # One header row: the index becomes an ordinary first column.
+        counts_table = counts.rename_axis(index=None, columns=None).reset_index(names="variant")
         fixed = html.escape(", ".join(a.space.fixed))
         fixed_note = f'<p class="note">Held fixed, so left out of the analysis: {fixed}.</p>' if fixed else ""
+        box = "note" if complete else "warn"
         self.sections.append(
-            f'<section id="setup"><h2>Setup</h2><p class="note" id="completeness">{html.escape(status)}</p>'
+            f'<section id="setup"><h2>Setup</h2><p class="{box}" id="completeness">{html.escape(status)}</p>'
             f'<table class="setup">{rows}</table>'
             f"<h3>Search space</h3>{space.to_html(index=False)}{fixed_note}"
-            f"<h3>Trials by state</h3>{counts.to_html()}</section>"
+            f"<h3>Trials by state</h3>{counts_table.to_html(index=False)}</section>"
         )
+
+    def _sample_size(self) -> None:
+        """The sample-size rule: say at the top, and later beside each figure, where a statistic rests
+        on fewer trials than it needs."""
+        a = self.a
+        size = a.sample_size()
+        self.summary["sample_size"] = size.to_dict("records")
+        variants = size[size["scope"] != POOLED]
+        small_top = variants[variants["small_top"].astype(bool)]
+        small_forest = size[size["small_forest"].astype(bool)]
+        pct = f"{a.top_fraction:.0%}"
+        self.small_top = (
+            f"Small sample: the best {pct} of {_names(small_top)} hold{'s' if len(small_top) == 1 else ''} "
+            f"only {_range(small_top['top_n'])} trial(s) (at least {MIN_TOP_TRIALS} needed), so their "
+            "boxes, means and t-tests say little."
+            if len(small_top) else ""
+        )  # fmt: skip
+        self.small_forest = (
+            f"Small sample: the fANOVA forests of {_names(small_forest)} rest on only "
+            f"{_range(small_forest['points'])} distinct hyperparameter settings "
+            f"(at least {MIN_FOREST_TRIALS} needed); the bands and whiskers show how much the trees disagree."
+            if len(small_forest) else ""
+        )  # fmt: skip
+        self.summary["too_small"] = a.too_small
+        if not (self.small_top or self.small_forest):
+            return
+        lines = [t for t in (self.small_top, self.small_forest) if t]
+        head = ""
+        if a.too_small:
+            per = _range(variants["trials"])
+            head = (
+                f"<p><strong>This study is too small for any conclusion: with {per} finished trial(s) per "
+                "variant, neither the comparison of variants nor the per-variant fANOVA has the trials it "
+                "needs; treat the figures as a check that the sweep runs.</strong></p>"
+            )
+        items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
+        self.top.append(f'<div class="warn" id="sample-size">{head}<ul>{items}</ul></div>')
 
     def _analyse(self) -> None:
         a = self.a
@@ -238,19 +296,22 @@ class _Report:
         self.summary["variant_stats"] = stats.to_dict("records")
         self.summary["baseline"] = a.baseline
         what = TARGET_LABELS.get(a.target, a.target)
-        box = figures.variant_box_figure(
-            a.top_trials(), stats, a.baseline, a.metric, a.top_fraction, a.direction, what
-        )
-        self._figure("variants", "Variants against the baseline", box)
+        # With training time as the target, the time panels would repeat the score panels.
+        shown = a.scored.drop(columns="seconds", errors="ignore") if a.target == "seconds" else a.scored
+        fig = figures.variant_figure(
+            shown, a.top_trials(), stats, a.baseline, a.metric, a.top_fraction, a.direction, what,
+            selection_label(a),
+        )  # fmt: skip
+        self._figure("variants", "Variants against the baseline", fig, self.small_top)
         self.sections.append(_stats_table(stats, len(a.variants) > 1))
         colors = figures.variant_colors(a.variants)
         scopes = a.scopes
         if scopes:
-            self._fanova_sections(scopes)
+            self._fanova_sections(scopes, colors)
         else:
             held = not a.space.params
             why = "Every hyperparameter was held fixed: there is nothing to decompose." if held else (
-                "Too few finished trials for fANOVA yet."
+                f"Too few finished trials for fANOVA yet (a forest needs at least {MIN_ROWS} per variant)."
             )  # fmt: skip
             for key, title in (("marginals", "Marginals"), ("variance", "Variance decomposition"),
                                ("heatmap", "Heatmaps")):  # fmt: skip
@@ -264,17 +325,19 @@ class _Report:
             self._figure("curves", "Validation curves", figures.curves_figure(curves, colors, a.metric))
         self.summary["seconds"] = round(time.perf_counter() - self.started, 2)
 
-    def _fanova_sections(self, scopes: list[str]) -> None:
+    def _fanova_sections(self, scopes: list[str], colors: dict[str, str]) -> None:
         a = self.a
         a.fit_all(jobs=self.jobs)
         main = a.main_effects()
         pairs = a.interactions()
         higher = a.higher_order()
+        parts = a.decomposition()
         self._csv("main_effects.csv", main)
         self._csv("interactions.csv", pairs)
         self.summary["main_effects"] = main.to_dict("records")
         self.summary["interactions"] = pairs.to_dict("records")
         self.summary["higher_order"] = higher.to_dict()
+        self.summary["decomposition"] = parts.to_dict("records")
         fitted = [s for s in scopes if s in set(main["scope"])]
         self.log("marginals")
         marg = a.marginals()
@@ -285,25 +348,69 @@ class _Report:
                        "No hyperparameter varies within the fitted trials (only the variant does).")
         elif fitted:
             self._figure("marginals", "Marginal performance and training time",
-                         figures.marginals_figure(marg, a.space, a.metric, menu))  # fmt: skip
-            self._figure(
-                "variance", "Variance decomposition", figures.variance_figure(main, pairs, higher, fitted)
-            )
+                         figures.marginals_figure(marg, a.space, a.metric, menu), self.small_forest)
+            scope_colors = {**colors, POOLED: "#222222"}
+            self._figure("variance", "Variance decomposition",
+                         figures.variance_figure(parts, pairs, fitted, scope_colors), self.small_forest)
         else:
             text = "fANOVA could not be fitted: " + "; ".join(a.notes)
             self._note("marginals", "Marginals", text)
             self._note("variance", "Variance decomposition", text)
-        pair, scope = a.heatmap_pair(), a.main_scope
-        if pair is None or scope is None:
-            self._note("heatmap", "Heatmaps", "Fewer than two varied hyperparameters: no joint heatmap.")
+        self._heatmaps()
+
+    def _heatmaps(self) -> None:
+        a = self.a
+        scope = a.main_scope
+        if scope is None:
+            self._note("heatmap", "Heatmaps", "fANOVA could not be fitted: " + "; ".join(a.notes))
             return
-        self.log(f"heatmap {pair[0]} x {pair[1]} ({scope})")
-        grid = a.marginal_2d(*pair, scope=scope)
-        self._csv("heatmap.csv", grid)
-        self.summary["heatmap_pair"] = list(pair)
-        self._figure(
-            "heatmap", f"{pair[0]} x {pair[1]}", figures.heatmap_figure(grid, *pair, a.space, a.metric, scope)
-        )
+        pairs = a.heatmap_pairs()
+        if pairs.empty:
+            varied = [p for p in a.fanova(scope).params if p in a.space.params]
+            named = ", ".join(varied) if varied else "none"
+            self._note("heatmap", "Heatmaps", f"A joint heatmap needs two hyperparameters that vary within "
+                       f"the fitted trials; {len(varied)} do{'es' if len(varied) == 1 else ''} ({named}).")
+            return
+        grids, frames = [], []
+        for pair in pairs.to_dict("records"):
+            a_, b_ = pair["param_a"], pair["param_b"]
+            self.log(f"heatmap {a_} x {b_} ({scope})")
+            grid = a.marginal_2d(a_, b_, scope=scope)
+            grids.append((pair, grid))
+            frames.append(_heatmap_rows(grid, a_, b_, scope, a.space))
+        self._csv("heatmap.csv", pd.concat(frames, ignore_index=True))
+        first = pairs.iloc[0]
+        self.summary["heatmap_pair"] = [first["param_a"], first["param_b"]]
+        self.summary["heatmap_pairs"] = pairs.to_dict("records")
+        size = a.sample_size().set_index("scope")
+        warning = self.small_forest if scope in size.index and size.loc[scope, "small_forest"] else ""
+        title = f"Heatmaps: {first['param_a']} x {first['param_b']} (largest interaction)"
+        self._figure("heatmap", title, figures.heatmap_figure(grids, a.space, a.metric, scope), warning)
+
+
+def selection_label(a: StudyAnalysis) -> str:
+    """How the column that chooses the best trials is named in figures: "validation nll"."""
+    label = TARGET_LABELS.get(a.select_by, a.select_by).lower()
+    return f"{label} {a.metric if a.select_by != 'seconds' else 'seconds'}"
+
+
+def _heatmap_rows(grid: pd.DataFrame, a: str, b: str, scope: str, space) -> pd.DataFrame:
+    """heatmap.csv's rows for one pair: both parameters on the sampled scale and in real units."""
+    return pd.DataFrame({
+        "scope": scope, "param_a": a, "value_a": grid[a], "real_value_a": space.params[a].to_real(grid[a]),
+        "param_b": b, "value_b": grid[b], "real_value_b": space.params[b].to_real(grid[b]),
+        "mean": grid["mean"], "std": grid["std"], "interaction": grid["interaction"],
+    })  # fmt: skip
+
+
+def _names(frame: pd.DataFrame) -> str:
+    names = list(frame["scope"])
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _range(values: pd.Series) -> str:
+    lo, hi = int(values.min()), int(values.max())
+    return str(lo) if lo == hi else f"{lo}-{hi}"
 
 
 def _stats_table(stats: pd.DataFrame, several: bool) -> str:

@@ -1,7 +1,9 @@
 """Per-variant statistics and significance tests against the vanilla LSTM (as in Greff et al.).
 
 For every variant: trial and divergence counts, the parameter count at the study's median hidden size,
-the best and median score, and mean +- std of the best 10% of trials. The best 10% of each variant are
+the best and median score, and mean +- std of the best 10% of trials. As in the paper, the best 10% are
+chosen by one column (the validation metric by default) and their scores in another (the test metric)
+are reported, so the test set never takes part in the choice. The best 10% of each variant are
 compared with the baseline's best 10% by Welch's t-test (unequal variances); p < alpha marks a significant
 difference. When the design gives every variant the same hyperparameter points (random or Sobol design
 slots shared across variants), the matched points are also compared by a Wilcoxon signed-rank test.
@@ -20,6 +22,8 @@ from analysis.space import cap_diverged, finished, is_diverged
 from storage.errors import OdysseyError
 
 MIN_PAIRS = 6  # a two-sided Wilcoxon test on fewer pairs can never reach p < 0.05
+#: Fewest trials a variant's best fraction should hold for its mean, spread and t-test to say anything.
+MIN_TOP_TRIALS = 5
 
 COLUMNS = [
     "variant", "n_trials", "n_diverged", "n_capped", "n_params", "best", "median", "top_n", "top_mean",
@@ -34,9 +38,14 @@ def top_count(n: int, fraction: float) -> int:
 
 
 def best_fraction(scores: pd.Series, fraction: float, direction: str = "minimize") -> pd.Series:
-    """The best ``fraction`` of ``scores`` (lowest when minimising)."""
+    """The best ``fraction`` of ``scores`` (lowest when minimising); ties keep their order."""
     ordered = scores.sort_values(ascending=direction == "minimize", kind="stable")
     return ordered.iloc[: top_count(len(ordered), fraction)]
+
+
+def selection_direction(select_by: str, direction: str) -> str:
+    """The direction in which ``select_by`` is better: training time is always better short."""
+    return "minimize" if select_by == "seconds" else direction
 
 
 def params_at_size(trials: pd.DataFrame, size: float, hidden: str = "hidden_size") -> float:
@@ -91,14 +100,19 @@ def variant_stats(
     pair_on: Sequence[str] | None = None,
     variants: Sequence[str] | None = None,
     hidden: str = "hidden_size",
+    select_by: str | None = None,
 ) -> pd.DataFrame:
     """One row per variant with the statistics above (columns in ``COLUMNS``).
 
     ``trials`` is ``StudyData.trials`` (unfinished trials are ignored; the diverged rule of
-    :func:`analysis.space.cap_diverged` is applied to ``metric``). ``pair_on`` names the hyperparameter
-    columns that identify a shared design point; give it only for random/Sobol designs whose points are
-    shared across variants. ``variants`` fixes the row order (default: order of appearance). The baseline's
-    own test columns are NaN, as are they for every variant when the baseline has no finished trial.
+    :func:`analysis.space.cap_diverged` is applied to ``metric`` and to ``select_by``). ``select_by``
+    is the column that ranks trials for the best ``top_fraction`` (default: ``metric`` itself; the paper
+    ranks by the validation metric, e.g. ``best_valid``, and reports ``metric`` = ``best_test``); its
+    direction is ``direction`` except for ``seconds`` (shorter is better). ``pair_on`` names the
+    hyperparameter columns that identify a shared design point; give it only for random/Sobol designs
+    whose points are shared across variants. ``variants`` fixes the row order (default: order of
+    appearance). The baseline's own test columns are NaN, as are they for every variant when the
+    baseline has no finished trial.
     """
     done = finished(trials)
     if done.empty:
@@ -106,18 +120,27 @@ def variant_stats(
     if direction not in ("minimize", "maximize"):
         raise OdysseyError(f"direction must be 'minimize' or 'maximize', not {direction!r}")
     score, capped = cap_diverged(done, metric, direction)
+    rank, rank_direction = score, direction
+    if select_by and select_by != metric:
+        rank_direction = selection_direction(select_by, direction)
+        rank = cap_diverged(done, select_by, rank_direction)[0]
+
+    def best(mask: pd.Series) -> pd.Series:
+        """The shown scores of the best ``top_fraction`` of the trials in ``mask``, ranked by select_by."""
+        return score[best_fraction(rank[mask], top_fraction, rank_direction).index]
+
     diverged = is_diverged(done)
     names = done["variant"].astype(str)
     order = [v for v in (variants or names.unique()) if (names == v).any()]
     size = float(pd.to_numeric(done[hidden], errors="coerce").median()) if hidden in done else float("nan")
 
-    base_top = best_fraction(score[names == baseline], top_fraction, direction)
+    base_top = best(names == baseline)
     base_mean = base_top.mean() if len(base_top) else float("nan")
     rows = []
     for variant in order:
         mask = names == variant
         s = score[mask]
-        top = best_fraction(s, top_fraction, direction)
+        top = best(mask)
         row = {
             "variant": variant,
             "n_trials": int(mask.sum()),

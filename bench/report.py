@@ -4,7 +4,9 @@ Run: ``.venv/bin/python bench/report.py [--trials-per-variant 600] [--trees 64] 
 
 Prints the report's wall and CPU time against the 15 s target and, as a machine-independent figure, its
 ratio to a reference measured in the same run: fitting one 64-tree random forest on all 5400 trials (the
-least any fANOVA of the pooled study must do). CPU time is the steadier figure on a shared machine.
+least any fANOVA of the pooled study must do). CPU time is the steadier figure on a shared machine. Also
+says whether the page carries the small-sample warning (none at 600 trials per variant; with
+``--trials-per-variant 4``, the size of examples/jsb-quick.toml, it must).
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from sklearn.ensemble import RandomForestRegressor  # noqa: E402
 from analysis.report import build_report_from_data  # noqa: E402
 from analysis.space import scored_trials, space_from_spec  # noqa: E402
 from analysis.synthetic import synthetic_study  # noqa: E402
+from sweep.cells_variants import GREFF_VARIANTS as GREFF  # noqa: E402  (torch-free)
 
-GREFF = ("V", "NIG", "NFG", "NOG", "NIAF", "NOAF", "NP", "CIFG", "FGR")
 TARGET_SECONDS = 15.0
 
 
@@ -60,6 +62,9 @@ def main() -> None:
         )  # fmt: skip
         total, total_cpu = time.perf_counter() - started, time.process_time() - cpu
         size = path.stat().st_size / 1e6
+        page = path.read_text(encoding="utf-8")
+        warned = 'id="sample-size"' in page
+        too_small = "too small for any conclusion" in page
     marks = [t for t, _ in steps] + [started + total]
     slowest = sorted(((marks[i + 1] - t, m) for i, (t, m) in enumerate(steps)), reverse=True)[:3]
     print("longest gaps between progress lines: " + "; ".join(f"{m} {s:.2f} s" for s, m in slowest))
@@ -67,6 +72,8 @@ def main() -> None:
     print(f"report: {total:.2f} s wall, {total_cpu:.2f} s cpu ({size:.1f} MB HTML); "
           f"{ratio:.1f}x the reference (wall), {ratio_cpu:.1f}x (cpu)")  # fmt: skip
     print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print("small-sample warning: " + ("present" + (" (too small for any conclusion)" if too_small else "")
+                                      if warned else "none"))  # fmt: skip
     verdict = "within" if total < TARGET_SECONDS else "OVER"
     print(f"target {TARGET_SECONDS:.0f} s: {verdict} ({total / TARGET_SECONDS:.2f} of the budget)")
 

@@ -58,11 +58,14 @@ say "Docker $(docker version --format '{{.Server.Version}}'), Compose $(docker c
 # --------------------------------------------------------------------------- the stack's settings
 WORK=$(mktemp -d)
 REPORTS=reports/$PROJECT  # under ./reports, which the cli service mounts at /reports
-# A password with the characters Compose would expand or cut unquoted: single quotes keep it (.env.example).
-PASSWORD="ci\$pw#$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+# Passwords with the characters Compose would expand or cut unquoted: single quotes keep them (.env.example).
+secret() { echo "ci\$$1#$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"; }
+PASSWORD=$(secret pw) APP_PASSWORD=$(secret app) READER_PASSWORD=$(secret reader)
 cat >"$WORK/env" <<EOF
 POSTGRES_USER=odyssey
 POSTGRES_PASSWORD='$PASSWORD'
+ODYSSEY_APP_PASSWORD='$APP_PASSWORD'
+ODYSSEY_READER_PASSWORD='$READER_PASSWORD'
 POSTGRES_DB=odyssey
 POSTGRES_BIND=127.0.0.1
 POSTGRES_PORT=0
@@ -265,9 +268,11 @@ done <<<"$optuna"
 
 # --------------------------------------------------------------------------- no secret in any log
 dc logs --no-color >"$WORK/all.log" 2>&1
-if grep -qF "$PASSWORD" "$WORK/all.log" "$WORK/report.out" "$WORK/report.err" "$html" 2>/dev/null; then
-    fail "the database password appears in a log or the report"
-fi
+for secret in "$PASSWORD" "$APP_PASSWORD" "$READER_PASSWORD"; do
+    if grep -qF "$secret" "$WORK/all.log" "$WORK/report.out" "$WORK/report.err" "$html" 2>/dev/null; then
+        fail "a database password appears in a log or the report"
+    fi
+done
 
 # --------------------------------------------------------------------------- down -v
 t=$SECONDS

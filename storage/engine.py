@@ -151,6 +151,18 @@ def sqlite_file(url: str) -> Path | None:
     return Path(database) if database and database != ":memory:" else None
 
 
+def require_existing_database(url: str) -> None:
+    """Raise OdysseyError if ``url`` is a SQLite file that does not exist, without creating it.
+
+    For commands that only read or work on existing studies (`odyssey query`, `odyssey worker`): opening
+    a missing file would create an empty database and hide a mistyped path.
+    """
+    file = sqlite_file(url) if is_sqlite(url) else None
+    if file is not None and not file.exists():
+        raise OdysseyError(f"no study database at {mask_url(url)}: file {file} does not exist "
+                           "(check the path, or create a study there first with `odyssey study create`)")
+
+
 def _create_engine(url: str) -> sa.Engine:
     file = sqlite_file(url) if is_sqlite(url) else None
     if file is not None and not file.parent.exists():

@@ -18,6 +18,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from storage import schema_version
 from storage.engine import get_engine, sqlite_file, translated, with_retry, write_transaction
 from storage.errors import OdysseyError
 from storage.schema import (
@@ -136,6 +137,7 @@ def _read(
         with engine.connect() as conn:
             if not schema_exists(conn):
                 return missing(resolved)
+            schema_version.check(conn, mask_url(resolved))  # never read tables of another revision
             return fn(conn, resolved)
 
     return with_retry(attempt, resolved, what=what, retry_seconds=READ_RETRY_SECONDS)

@@ -1,5 +1,9 @@
 """The results tables, kept beside Optuna's in the same database (all prefixed ``odyssey_``).
 
+These definitions are the current (head) revision of the versioned schema: a change here needs a new
+alembic revision in `storage/migrations/versions` (a test compares the two), and databases are brought up
+by `odyssey db upgrade` (`storage.schema_version`).
+
 One row per *designed* trial, keyed by (study, slot): the study creator numbers each designed trial and a
 re-run after a crash keeps its slot, so results overwrite rather than duplicate. Hyperparameters are
 typed key/value rows so that new hyperparameters need no migration. See docs/results-schema.md.
@@ -11,11 +15,14 @@ import datetime as dt
 import threading
 import weakref
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import sqlalchemy as sa
-from sqlalchemy import exc as sa_exc
 
 metadata = sa.MetaData()
+#: alembic's version table for the results schema (Optuna's own is `alembic_version`)
+VERSION_TABLE = "odyssey_alembic_version"
 
 STATES = ("waiting", "running", "complete", "failed", "diverged")
 FINISHED_STATES = ("complete", "failed", "diverged")
@@ -123,28 +130,39 @@ _created: weakref.WeakSet[sa.Engine] = weakref.WeakSet()
 _created_lock = threading.Lock()
 
 
+@contextmanager
+def schema_lock(engine: sa.Engine) -> Iterator[sa.Connection]:
+    """A transaction holding the lock that serialises schema creation and upgrades among processes.
+
+    PostgreSQL: a transaction-level advisory lock (DDL is transactional there, so check-then-create is
+    atomic). SQLite: BEGIN IMMEDIATE, the database's write lock.
+    """
+    from storage.engine import write_transaction  # engine imports nothing of the schema; keep it so
+
+    if engine.dialect.name == "postgresql":
+        with engine.begin() as conn:
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ADVISORY_KEY})
+            yield conn
+    else:
+        with write_transaction(engine) as conn:
+            yield conn
+
+
 def create_schema(engine: sa.Engine) -> None:
-    """Create the results tables if missing; idempotent and safe with many processes racing."""
+    """Create the results tables at the head revision if missing, else check their revision.
+
+    Idempotent and safe with many processes racing. Raises `storage.schema_version.SchemaOutdatedError`
+    (run `odyssey db upgrade`) or `SchemaTooNewError` for a database of another release.
+    """
+    from storage import schema_version  # alembic is imported only by processes that open a database
+
     if engine in _created:
         return
     with _created_lock:
         if engine in _created:
             return
-        if engine.dialect.name == "postgresql":
-            with engine.begin() as conn:
-                # DDL is transactional in PostgreSQL: holding the lock makes check-then-create atomic.
-                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ADVISORY_KEY})
-                metadata.create_all(conn, checkfirst=True)
-        else:
-            for attempt in range(5):
-                try:
-                    with engine.begin() as conn:
-                        metadata.create_all(conn, checkfirst=True)
-                    break
-                except sa_exc.OperationalError as exc:
-                    # Another process created a table between our check and CREATE: check again.
-                    if "already exists" not in str(exc) or attempt == 4:
-                        raise
+        with schema_lock(engine) as conn:
+            schema_version.ensure_current(conn, engine.url.render_as_string(hide_password=True))
         _created.add(engine)
 
 

@@ -6,9 +6,10 @@ modules `sweep.cells_lstm` (V and its eight variants), `sweep.cells_gru`, `sweep
 A state is a tuple of tensors shaped (num_layers, B, K), opaque to callers: (h, c) for the LSTM family,
 (h, c, gates) for FGR (whose gates see the previous step's gates), (s,) for GRU and the pseudo LSTM.
 
-NP runs through torch's fused LSTM kernel; the others through hand-written kernels with a BPTT backward
-(`sweep.cells_fused` and friends). `Recurrent.set_reference()` switches to plain autograd loops that
-spell the equations out. Speed and conventions: docs/bench-cells.md.
+Variant names, switches and parameter counts come from the registry `sweep.cells_variants` (custom LSTM
+variants too); every layer derives from `sweep.cells_base.RecurrentLayer`, which picks its kernel from one
+registry keyed by family and device (`KERNELS`). `Recurrent.set_kernel()` forces one (`reference`: the
+plain autograd step that spells the equations out). Speed and conventions: docs/bench-cells.md.
 """
 
 from __future__ import annotations
@@ -19,15 +20,16 @@ import torch
 from torch import Tensor, nn
 
 from storage.errors import OdysseyError
+from sweep.cells_base import KERNEL_NAMES, RecurrentLayer, State
 from sweep.cells_common import check_init, zero_padding
 from sweep.cells_gru import GRULayer
-from sweep.cells_lstm import LSTM_SPECS, LSTMLayer
+from sweep.cells_lstm import LSTMLayer
 from sweep.cells_pseudo import PseudoLSTMLayer
+from sweep.cells_variants import GREFF_VARIANTS, VARIANTS, Variant, resolve
 
-State = tuple[Tensor, ...]
+__all__ = ["GREFF_VARIANTS", "VARIANTS", "Recurrent", "State", "detach_state", "make_recurrent"]
 
-GREFF_VARIANTS: tuple[str, ...] = ("V", "NIG", "NFG", "NOG", "NIAF", "NOAF", "NP", "CIFG", "FGR")
-VARIANTS: tuple[str, ...] = (*GREFF_VARIANTS, "GRU", "PLSTM")
+LAYERS: dict[str, type[RecurrentLayer]] = {"lstm": LSTMLayer, "gru": GRULayer, "plstm": PseudoLSTMLayer}
 
 
 class Recurrent(nn.Module):
@@ -35,7 +37,7 @@ class Recurrent(nn.Module):
 
     def __init__(
         self,
-        variant: str,
+        variant: str | Variant,
         input_size: int,
         hidden_size: int,
         num_layers: int = 1,
@@ -44,8 +46,7 @@ class Recurrent(nn.Module):
         init_scale: float = 0.1,
     ) -> None:
         super().__init__()
-        if variant not in VARIANTS:
-            raise OdysseyError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
+        definition = resolve(variant)
         for name, value in (
             ("input_size", input_size),
             ("hidden_size", hidden_size),
@@ -56,18 +57,21 @@ class Recurrent(nn.Module):
         if not (isinstance(forget_bias, (int, float)) and math.isfinite(forget_bias)):
             raise OdysseyError(f"forget_bias must be a finite number, got {forget_bias!r}")
         check_init(init, init_scale)
+        self.definition = definition  # the registry's entry: family, title, switches
         self.variant, self.input_size, self.hidden_size, self.num_layers = (
-            variant,
+            definition.name,
             input_size,
             hidden_size,
             num_layers,
         )
+        layer = LAYERS[definition.family]
         self.layers = nn.ModuleList(
-            _make_layer(
-                variant, input_size if k == 0 else hidden_size, hidden_size, forget_bias, init, init_scale
-            )
+            layer(definition, hidden_size if k else input_size, hidden_size, forget_bias, init, init_scale)
             for k in range(num_layers)
         )
+
+    def extra_repr(self) -> str:
+        return f"variant={self.variant}, num_layers={self.num_layers}"
 
     @property
     def state_sizes(self) -> tuple[int, ...]:
@@ -78,11 +82,27 @@ class Recurrent(nn.Module):
         """Number of trainable scalars (variants differ: removed gates and peepholes have no parameters)."""
         return sum(p.numel() for p in self.parameters())
 
-    def set_reference(self, reference: bool = True) -> Recurrent:
-        """Switch every layer to the plain autograd loop (slow; for tests) or back to the fast kernels."""
+    def set_kernel(self, kernel: str | None) -> Recurrent:
+        """Force every layer onto `kernel` (one of `sweep.cells_base.KERNEL_NAMES` that the family implements:
+        `reference`, `cpp`, `compiled`, `torch`), or back to the registry's choice with None."""
+        if kernel is not None:
+            implemented = ", ".join(self.layers[0].implemented)
+            if kernel not in self.layers[0].implemented:
+                known = ", ".join(KERNEL_NAMES)
+                raise OdysseyError(
+                    f"{self.variant} has no kernel {kernel!r}; it has {implemented} (of {known})"
+                )
         for layer in self.layers:
-            layer.reference = reference
+            layer.kernel = kernel
         return self
+
+    def set_reference(self, reference: bool = True) -> Recurrent:
+        """Switch every layer to the plain autograd step (slow; the specification) or back (False)."""
+        return self.set_kernel("reference" if reference else None)
+
+    def kernel_for(self, x: Tensor) -> str:
+        """The kernel the layers run on tensors like `x` (`reference`, `cpp`, `compiled` or `torch`)."""
+        return self.layers[0].kernel_for(x)
 
     def initial_state(self, batch_size: int, like: Tensor) -> State:
         """A zero state for `batch_size` sequences, with `like`'s dtype and device."""
@@ -156,18 +176,8 @@ def _check_lengths(
     return lengths, mask, empty
 
 
-def _make_layer(
-    variant: str, input_size: int, hidden_size: int, forget_bias: float, init: str, init_scale: float
-) -> nn.Module:
-    if variant == "GRU":
-        return GRULayer(input_size, hidden_size, forget_bias, init, init_scale)
-    if variant == "PLSTM":
-        return PseudoLSTMLayer(input_size, hidden_size, forget_bias, init, init_scale)
-    return LSTMLayer(LSTM_SPECS[variant], input_size, hidden_size, forget_bias, init, init_scale)
-
-
 def make_recurrent(
-    variant: str,
+    variant: str | Variant,
     input_size: int,
     hidden_size: int,
     num_layers: int = 1,
@@ -175,7 +185,8 @@ def make_recurrent(
     init: str = "normal",
     init_scale: float = 0.1,
 ) -> Recurrent:
-    """Build a `Recurrent` stack of `variant` (one of VARIANTS); unknown names raise OdysseyError."""
+    """Build a `Recurrent` stack of `variant`: a name of VARIANTS, or a `Variant` (e.g. a custom one from
+    `sweep.cells_variants.custom_variant`); unknown names raise OdysseyError."""
     return Recurrent(variant, input_size, hidden_size, num_layers, forget_bias, init, init_scale)
 
 

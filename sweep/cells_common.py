@@ -135,27 +135,3 @@ def _run_segments(
     inverse[order] = torch.arange(batch)
     inverse = inverse.to(x.device)
     return ys.index_select(0, inverse), tuple(f[0].index_select(0, inverse) for f in finals)
-
-
-def dsigmoid(s: Tensor) -> Tensor:
-    """sigma'(x) written with s = sigma(x), as the backward passes have it."""
-    return s - s * s
-
-
-def dtanh(t: Tensor) -> Tensor:
-    """tanh'(x) written with t = tanh(x)."""
-    return 1 - t * t
-
-
-def script(fn: Callable) -> Callable:
-    """TorchScript-compile a loop (runs it without the interpreter's per-op Python overhead).
-
-    torch.jit.script is deprecated but still the only way to compile a loop of small ops without a
-    C++ toolchain; if it ever goes away, the loops still run as plain Python.
-    """
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=DeprecationWarning)
-            return torch.jit.script(fn)
-    except Exception:  # pragma: no cover - depends on the torch build
-        return fn

@@ -5,66 +5,83 @@
 
 The update gate u plays the forget gate's part (a high b_u keeps the state), so it takes the forget bias.
 Only b_hn is kept as a second bias: torch's other recurrent biases would duplicate b_r and b_u.
+
+Kernels: the reference step below; the C++ loops of `sweep/csrc/lstm_family.cpp` on the CPU (torch.nn.GRU's
+CPU kernel has no fused backward); torch's fused GRU (cuDNN) on a GPU.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import once_differentiable
 
-from sweep.cells_common import init_matrix, last_valid, run_torch_rnn, zero_padding
-from sweep.cells_gru_fused import gru_fused
+from sweep import cells_cpp
+from sweep.cells_base import RecurrentLayer, State, Step
+from sweep.cells_common import last_valid, run_torch_rnn
 
 
-class GRULayer(nn.Module):
-    """One GRU layer (fast kernel, or the plain autograd loop when `reference` is set). State: (s,)."""
+class GRULayer(RecurrentLayer):
+    """One GRU layer. State: (s,)."""
 
-    def __init__(
-        self, input_size: int, hidden_size: int, forget_bias: float, init: str, init_scale: float
-    ) -> None:
-        super().__init__()
-        n = hidden_size
-        self.input_size, self.hidden_size, self.reference = input_size, hidden_size, False
-        # None: torch's fused kernel (cuDNN) on GPUs, the hand-written one on CPUs, where torch.nn.GRU
-        # has no fused backward; True/False force one
-        self.torch_kernel: bool | None = None
-        self.weight_ih = nn.Parameter(torch.empty(3 * n, input_size))  # blocks r, u, n (torch's order)
-        self.weight_hh = nn.Parameter(torch.empty(3 * n, n))
-        self.bias = nn.Parameter(torch.zeros(3 * n))
-        self.bias_hn = nn.Parameter(torch.zeros(n))
-        init_matrix(self.weight_ih, 3, init, init_scale, n)
-        init_matrix(self.weight_hh, 3, init, init_scale, n)
-        with torch.no_grad():
-            self.bias[n : 2 * n] = forget_bias
+    implemented = ("reference", "cpp", "torch")
+
+    def make_parameters(self, forget_bias: float) -> None:
+        n = self.hidden_size
+        self.weight_ih = self.add_matrix("weight_ih", 3, self.input_size)  # blocks r, u, n (torch's order)
+        self.weight_hh = self.add_matrix("weight_hh", 3, n)
+        self.bias = self.add_bias("bias", 3, 1, forget_bias)
+        self.bias_hn = self.add_bias("bias_hn", 1)
         self.register_buffer("zero_bias", torch.zeros(2 * n), persistent=False)
 
     @property
     def state_sizes(self) -> tuple[int, ...]:
         return (self.hidden_size,)
 
-    def forward(
-        self, x: Tensor, lengths: Tensor | None, mask: Tensor | None, state: tuple[Tensor, ...]
-    ) -> tuple[Tensor, tuple[Tensor, ...]]:
-        """Run (B, T, M) -> outputs (B, T, N) zero at padding, and the state at each last valid step."""
-        torch_kernel = self.torch_kernel if self.torch_kernel is not None else x.device.type != "cpu"
-        if not self.reference and not torch_kernel:
-            proj = torch.nn.functional.linear(x.transpose(0, 1), self.weight_ih, self.bias)
-            ys_t = gru_fused(proj, self.weight_hh, self.bias_hn, state[0]).transpose(0, 1)
-            return zero_padding(ys_t, mask), (last_valid(ys_t, lengths),)
-        if not self.reference:
-            params = [self.weight_ih, self.weight_hh, self.bias, torch.cat([self.zero_bias, self.bias_hn])]
-            ys, final = run_torch_rnn("gru", self, x, lengths, state, params)
-            return zero_padding(ys, mask), final  # packing zeroes padding already, but not empty rows
-        n = self.hidden_size
-        s = state[0]
-        proj = torch.nn.functional.linear(x, self.weight_ih, self.bias)
-        rec_bias = torch.cat([self.zero_bias, self.bias_hn])
-        ys = []
-        for t in range(x.size(1)):
-            xr, xu, xn = proj[:, t].split(n, 1)
-            hr, hu, hn = torch.nn.functional.linear(s, self.weight_hh, rec_bias).split(n, 1)
+    def project(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight_ih, self.bias)
+
+    def step_params(self) -> tuple[Tensor | None, ...]:
+        return (self.weight_hh, torch.cat([self.zero_bias, self.bias_hn]))
+
+    def make_step(self) -> Step:
+        def step(proj: Tensor, state: State, weight_hh: Tensor, rec_bias: Tensor) -> tuple[Tensor, State]:
+            s = state[0]
+            xr, xu, xn = proj.split(s.size(1), 1)
+            hr, hu, hn = F.linear(s, weight_hh, rec_bias).split(s.size(1), 1)
             r, u = torch.sigmoid(xr + hr), torch.sigmoid(xu + hu)
             s = (1 - u) * torch.tanh(xn + r * hn) + u * s
-            ys.append(s)
-        ys_t = torch.stack(ys, 1)
-        return zero_padding(ys_t, mask), (last_valid(ys_t, lengths),)
+            return s, (s,)
+
+        return step
+
+    def run_torch(self, x: Tensor, lengths: Tensor | None, state: State) -> tuple[Tensor, State]:
+        params = [self.weight_ih, self.weight_hh, self.bias, torch.cat([self.zero_bias, self.bias_hn])]
+        return run_torch_rnn("gru", self, x, lengths, state, params)
+
+    def run_cpp(self, x: Tensor, lengths: Tensor | None, state: State) -> tuple[Tensor, State]:
+        xp = F.linear(x.transpose(0, 1), self.weight_ih, self.bias)
+        ys = _GRUFunction.apply(xp, self.weight_hh, self.bias_hn, state[0]).transpose(0, 1)
+        return ys, (last_valid(ys, lengths),)
+
+
+class _GRUFunction(torch.autograd.Function):
+    """The C++ GRU loops: time-major xp (T, B, 3N) = W x + b, U, b_hn, s_0 -> states (T, B, N)."""
+
+    @staticmethod
+    def forward(ctx, xp, w, b_hn, h0):  # type: ignore[override]
+        rec_n, acts, ys = cells_cpp.load(required=True).gru_forward(xp, w, b_hn, h0)
+        ctx.save_for_backward(rec_n, acts, ys, w, h0)
+        return ys
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y):  # type: ignore[override]
+        rec_n, acts, ys, w, h0 = ctx.saved_tensors
+        return tuple(cells_cpp.load(required=True).gru_backward(rec_n, acts, ys, w, h0, grad_y))
+
+
+def gru_cpp(xp: Tensor, weight_hh: Tensor, bias_hn: Tensor, h0: Tensor) -> Tensor:
+    """The C++ GRU recurrence on CPU tensors: time-major xp (T, B, 3N) -> states (T, B, N)."""
+    return _GRUFunction.apply(xp, weight_hh, bias_hn, h0)

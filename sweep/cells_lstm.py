@@ -1,186 +1,203 @@
-"""The LSTM family of Greff et al.: vanilla LSTM (V) and its eight variants, as one parameterised layer.
+"""The LSTM family of Greff et al.: vanilla LSTM (V), its eight variants and any legal switch combination.
 
-Gate blocks are stacked in torch.nn.LSTM's order (i, f, z, o), leaving out the ones a variant removes, so
-NP's weights are laid out exactly as torch's and NP runs through torch's fused kernel (FGR alone uses
-(i, f, o, z), so that the gates it feeds back to the next step are one contiguous slice). The other variants
-run through the hand-written kernel of `sweep.cells_fused`; `reference=True` selects a plain autograd loop
-that spells the equations out and is what the fast paths are tested against.
+One parameterised layer, `LSTMLayer`, configured by an `LSTMSpec` (sweep.cells_variants). Gate blocks are
+stacked in torch.nn.LSTM's order (i, f, z, o), leaving out the ones a variant removes, so NP's weights are
+laid out exactly as torch's and NP runs through torch's fused kernel (with gate recurrence the order is
+(i, f, o, z), so that the gates fed back to the next step are one contiguous slice).
+
+The equations are written once, in `lstm_step` (docs/variants.md); the reference and the compiled (CUDA)
+kernels run that step, the C++ kernel (`sweep/csrc/lstm_family.cpp`) is their compiled CPU twin with its
+own BPTT backward.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
-from torch import Tensor, nn
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import once_differentiable
 
-from sweep.cells_common import init_matrix, init_vector, last_valid, run_torch_rnn, zero_padding
-from sweep.cells_fused import Layout, lstm_fused
+from sweep import cells_cpp
+from sweep.cells_base import RecurrentLayer, State, Step
+from sweep.cells_common import last_valid, run_torch_rnn
+from sweep.cells_variants import LSTMSpec
 
 
-@dataclass(frozen=True)
-class LSTMSpec:
-    """Which parts of the vanilla LSTM a variant keeps."""
+def lstm_step(spec: LSTMSpec, pre: Tensor, gate_rec: Tensor | None, c: Tensor, peep: Tensor | None) -> State:
+    """One step's cell arithmetic: pre (B, G*N) = W x + R y_prev + b in the blocks of `spec.gates`,
+    gate_rec (B, 3N) the gate recurrence's G (i, f, o)_prev (or None), c (B, N) the previous cell,
+    peep (P, N) the peephole rows in the order i, f, o (or None). Returns (y, c, gates (B, 3N) or None).
 
-    input_gate: bool = True
-    forget: str = "gate"  # "gate" | "coupled" (f = 1 - i, CIFG) | "none" (f = 1)
-    output_gate: bool = True
-    input_activation: bool = True  # g = tanh, else identity
-    output_activation: bool = True  # h = tanh, else identity
-    peepholes: bool = True
-    gate_recurrence: bool = False  # FGR: gates see the previous step's gate activations
+    A removed gate is 1 and is not multiplied in at all, so NIG with NFG updates c + g(z_bar).
+    """
+    n = c.size(1)
+    pre_of = dict(zip(spec.gates, pre.split(n, 1), strict=True))
+    if gate_rec is not None:
+        for name, rec in zip(("i", "f", "o"), gate_rec.split(n, 1), strict=True):
+            pre_of[name] = pre_of[name] + rec
+    peep_of = dict(zip(spec.peephole_gates, peep.unbind(0), strict=True)) if peep is not None else {}
+
+    def gate(name: str, cell: Tensor) -> Tensor:
+        bar = pre_of[name] + peep_of[name] * cell if name in peep_of else pre_of[name]
+        return torch.sigmoid(bar)
+
+    z = torch.tanh(pre_of["z"]) if spec.input_activation else pre_of["z"]
+    i = gate("i", c) if spec.input_gate else None
+    if spec.forget_gate == "gate":
+        f = gate("f", c)
+    elif spec.forget_gate == "coupled":
+        assert i is not None
+        f = 1 - i
+    else:
+        f = None
+    c_new = (z * i if i is not None else z) + (c * f if f is not None else c)
+    o = gate("o", c_new) if spec.output_gate else None  # the output gate peeks at the new cell
+    hc = torch.tanh(c_new) if spec.output_activation else c_new
+    y = hc * o if o is not None else hc
+    gates = torch.cat([i, f, o], 1) if spec.gate_recurrence else None  # type: ignore[list-item]
+    return y, c_new, gates
+
+
+class LSTMLayer(RecurrentLayer):
+    """One layer of an LSTM-family variant. State per layer: (h, c), plus the previous gates (i, f, o)
+    with gate recurrence."""
 
     @property
-    def gates(self) -> tuple[str, ...]:
-        """Names of the stacked pre-activation blocks, in torch's order (FGR: i, f, o, z)."""
-        if self.gate_recurrence:
-            return ("i", "f", "o", "z")
-        names = []
-        if self.input_gate:
-            names.append("i")
-        if self.forget == "gate":
-            names.append("f")
-        names.append("z")
-        if self.output_gate:
-            names.append("o")
-        return tuple(names)
+    def spec(self) -> LSTMSpec:
+        """The variant's switches."""
+        assert self.definition.lstm is not None
+        return self.definition.lstm
 
-    @property
-    def peephole_gates(self) -> tuple[str, ...]:
-        """Gates with a peephole (every real gate when peepholes are on)."""
-        if not self.peepholes:
-            return ()
-        return tuple(g for g in self.gates if g != "z")
-
-    @property
-    def is_torch_lstm(self) -> bool:
-        """True when the variant is exactly torch.nn.LSTM's cell (NP)."""
-        return self == LSTMSpec(peepholes=False)
-
-
-LSTM_SPECS: dict[str, LSTMSpec] = {
-    "V": LSTMSpec(),
-    "NIG": LSTMSpec(input_gate=False),
-    "NFG": LSTMSpec(forget="none"),
-    "NOG": LSTMSpec(output_gate=False),
-    "NIAF": LSTMSpec(input_activation=False),
-    "NOAF": LSTMSpec(output_activation=False),
-    "NP": LSTMSpec(peepholes=False),
-    "CIFG": LSTMSpec(forget="coupled"),
-    "FGR": LSTMSpec(gate_recurrence=True),
-}
-
-
-class LSTMLayer(nn.Module):
-    """One layer of an LSTM-family variant. State per layer: (h, c), plus FGR's previous gates (i, f, o)."""
-
-    def __init__(
-        self,
-        spec: LSTMSpec,
-        input_size: int,
-        hidden_size: int,
-        forget_bias: float,
-        init: str,
-        init_scale: float,
-    ) -> None:
-        super().__init__()
-        self.spec = spec
-        self.input_size = input_size
-        self.hidden_size = hidden_size
-        self.reference = False
-        n, g = hidden_size, len(spec.gates)
-        self.weight_ih = nn.Parameter(torch.empty(g * n, input_size))
-        self.weight_hh = nn.Parameter(torch.empty(g * n, n))
-        self.bias = nn.Parameter(torch.zeros(g * n))
-        init_matrix(self.weight_ih, g, init, init_scale, n)
-        init_matrix(self.weight_hh, g, init, init_scale, n)
-        self.peephole: nn.Parameter | None = None
-        if spec.peephole_gates:
-            self.peephole = nn.Parameter(torch.empty(len(spec.peephole_gates), n))
-            init_vector(self.peephole, init, init_scale, n)
-        self.gate_weight: nn.Parameter | None = None
-        if spec.gate_recurrence:
-            # rows: pre-activations of (i, f, o); columns: previous step's (i, f, o) activations
-            self.gate_weight = nn.Parameter(torch.empty(3 * n, 3 * n))
-            init_matrix(self.gate_weight, 3, init, init_scale, n)
-        with torch.no_grad():
-            if spec.forget == "gate":
-                self.bias[spec.gates.index("f") * n : (spec.gates.index("f") + 1) * n] = forget_bias
-            elif spec.forget == "coupled":
-                # f = 1 - sigma(b_i) = sigma(-b_i): a forget bias b means an input-gate bias of -b
-                self.bias[spec.gates.index("i") * n : (spec.gates.index("i") + 1) * n] = -forget_bias
+    def make_parameters(self, forget_bias: float) -> None:
+        spec, input_size, hidden_size = self.spec, self.input_size, self.hidden_size
+        g = len(spec.gates)
+        self.weight_ih = self.add_matrix("weight_ih", g, input_size)
+        self.weight_hh = self.add_matrix("weight_hh", g, hidden_size)
+        if spec.forget_gate == "gate":
+            self.bias = self.add_bias("bias", g, spec.gates.index("f"), forget_bias)
+        elif spec.forget_gate == "coupled":
+            # f = 1 - sigma(b_i) = sigma(-b_i): a forget bias b means an input-gate bias of -b
+            self.bias = self.add_bias("bias", g, spec.gates.index("i"), -forget_bias)
+        else:
+            self.bias = self.add_bias("bias", g)
+        self.peephole = self.add_vector("peephole", len(spec.peephole_gates)) if spec.peephole_gates else None
+        # rows: pre-activations of (i, f, o); columns: previous step's (i, f, o) activations
+        self.gate_weight = (
+            self.add_matrix("gate_weight", 3, 3 * hidden_size) if spec.gate_recurrence else None
+        )
         if spec.is_torch_lstm:
             # torch's kernel wants a second (recurrent) bias; it would be redundant, so it is a constant zero
-            self.register_buffer("zero_bias", torch.zeros(g * n), persistent=False)
+            self.register_buffer("zero_bias", torch.zeros(g * hidden_size), persistent=False)
 
     @property
-    def layout(self) -> Layout:
-        """Block offsets and switches for the fused kernel."""
-        spec, n = self.spec, self.hidden_size
-        off = {name: k * n for k, name in enumerate(spec.gates)}
-        forget = {"gate": 0, "coupled": 1, "none": 2}[spec.forget]
-        return Layout(
-            n, off.get("i", -1), off.get("f", -1), off["z"], off.get("o", -1), forget,
-            spec.input_activation, spec.output_activation, spec.peepholes, spec.gate_recurrence,
-        )  # fmt: skip
+    def implemented(self) -> tuple[str, ...]:  # type: ignore[override]
+        return ("reference", "compiled", "cpp", *(("torch",) if self.spec.is_torch_lstm else ()))
+
+    @property
+    def family(self) -> str:
+        return "np" if self.spec.is_torch_lstm else "lstm"
 
     @property
     def state_sizes(self) -> tuple[int, ...]:
         n = self.hidden_size
         return (n, n, 3 * n) if self.spec.gate_recurrence else (n, n)
 
-    def forward(
-        self, x: Tensor, lengths: Tensor | None, mask: Tensor | None, state: tuple[Tensor, ...]
-    ) -> tuple[Tensor, tuple[Tensor, ...]]:
-        """Run (B, T, M) -> outputs (B, T, N) zero at padding, and the state at each last valid step."""
-        if self.spec.is_torch_lstm and not self.reference:
-            params = [self.weight_ih, self.weight_hh, self.bias, self.zero_bias]
-            ys, final = run_torch_rnn("lstm", self, x, lengths, state, params)
-            return zero_padding(ys, mask), final  # packing zeroes padding already, but not empty rows
-        if self.reference:
-            ys, states = self._reference_loop(x, state)
-        else:
-            # the kernel works time-major so that each step's slice is contiguous
-            proj = torch.nn.functional.linear(x.transpose(0, 1), self.weight_ih, self.bias)
-            out = lstm_fused(proj, self.weight_hh, self.gate_weight, self.peephole, state, self.layout)
-            keep = 3 if self.spec.gate_recurrence else 2
-            ys, *rest = (s.transpose(0, 1) for s in out[:keep])
-            states = (ys, *rest)
-        final = tuple(last_valid(s, lengths) for s in states)
-        return zero_padding(ys, mask), final
+    def switches(self) -> str:
+        return self.spec.describe()
 
-    def _reference_loop(self, x: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, tuple[Tensor, ...]]:
-        """Plain autograd loop over time steps, written as the equations read (see docs/variants.md)."""
+    # ------------------------------------------------------------------ reference and compiled kernels
+
+    def project(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight_ih, self.bias)
+
+    def step_params(self) -> tuple[Tensor | None, ...]:
+        return (self.weight_hh, self.gate_weight, self.peephole)
+
+    def step_key(self) -> object:
+        return (type(self), self.spec)
+
+    def make_step(self) -> Step:
+        spec = self.spec
+
+        def step(
+            proj: Tensor, state: State, weight_hh: Tensor, gate_weight: Tensor | None, peep: Tensor | None
+        ) -> tuple[Tensor, State]:
+            h, c = state[0], state[1]
+            pre = torch.addmm(proj, h, weight_hh.t())
+            gate_rec = state[2] @ gate_weight.t() if gate_weight is not None else None
+            y, c, gates = lstm_step(spec, pre, gate_rec, c, peep)
+            return y, ((y, c, gates) if gates is not None else (y, c))
+
+        return step
+
+    # ------------------------------------------------------------------ torch's fused kernel (NP)
+
+    def run_torch(self, x: Tensor, lengths: Tensor | None, state: State) -> tuple[Tensor, State]:
+        params = [self.weight_ih, self.weight_hh, self.bias, self.zero_bias]
+        return run_torch_rnn("lstm", self, x, lengths, state, params)
+
+    # ------------------------------------------------------------------ the C++ kernel
+
+    @property
+    def layout(self) -> Layout:
+        """Block offsets and switches for the C++ kernel."""
         spec, n = self.spec, self.hidden_size
-        h, c = state[0], state[1]
-        prev_gates = state[2] if spec.gate_recurrence else None
-        peep = dict(zip(spec.peephole_gates, self.peephole, strict=True)) if self.peephole is not None else {}
-        proj = torch.nn.functional.linear(x, self.weight_ih, self.bias)
-        ys, cs, gs = [], [], []
-        for t in range(x.size(1)):
-            pre = dict(zip(spec.gates, (proj[:, t] + h @ self.weight_hh.t()).split(n, 1), strict=True))
-            if prev_gates is not None:
-                rec_i, rec_f, rec_o = (prev_gates @ self.gate_weight.t()).split(n, 1)
-                pre["i"], pre["f"], pre["o"] = pre["i"] + rec_i, pre["f"] + rec_f, pre["o"] + rec_o
-            z = torch.tanh(pre["z"]) if spec.input_activation else pre["z"]
-            one = torch.ones_like(z)
-            i = torch.sigmoid(pre["i"] + peep.get("i", 0) * c) if spec.input_gate else one
-            if spec.forget == "gate":
-                f = torch.sigmoid(pre["f"] + peep.get("f", 0) * c)
-            elif spec.forget == "coupled":
-                f = 1 - i
-            else:
-                f = one
-            c = z * i + c * f
-            o = torch.sigmoid(pre["o"] + peep.get("o", 0) * c) if spec.output_gate else one
-            h = (torch.tanh(c) if spec.output_activation else c) * o
-            if prev_gates is not None:
-                prev_gates = torch.cat([i, f, o], 1)
-                gs.append(prev_gates)
-            ys.append(h)
-            cs.append(c)
-        ys_t = torch.stack(ys, 1)
-        states = (ys_t, torch.stack(cs, 1))
-        if gs:
-            states = (*states, torch.stack(gs, 1))
-        return ys_t, states
+        off = {name: k * n for k, name in enumerate(spec.gates)}
+        forget = {"gate": 0, "coupled": 1, "none": 2}[spec.forget_gate]
+        return Layout(
+            n, off.get("i", -1), off.get("f", -1), off["z"], off.get("o", -1), forget,
+            spec.input_activation, spec.output_activation, bool(spec.peephole_gates), spec.gate_recurrence,
+        )  # fmt: skip
+
+    def run_cpp(self, x: Tensor, lengths: Tensor | None, state: State) -> tuple[Tensor, State]:
+        # the kernel works time-major so that each step's slice is contiguous
+        xp = F.linear(x.transpose(0, 1), self.weight_ih, self.bias)
+        empty = xp.new_empty(0)
+        lay = self.layout
+        out = _LSTMFunction.apply(
+            xp, self.weight_hh,
+            self.gate_weight if self.gate_weight is not None else empty,
+            self.peephole if self.peephole is not None else empty,
+            state[0], state[1], state[2] if lay.fgr else empty, lay,
+        )  # fmt: skip
+        keep = 3 if lay.fgr else 2
+        ys, *rest = (s.transpose(0, 1) for s in out[:keep])
+        return ys, tuple(last_valid(s, lengths) for s in (ys, *rest))
+
+
+class Layout(NamedTuple):
+    """Where each block sits in the stacked pre-activations (-1: absent) and what the variant keeps."""
+
+    n: int
+    off_i: int
+    off_f: int
+    off_z: int
+    off_o: int
+    forget: int  # 0: own gate, 1: coupled f = 1 - i, 2: none (f = 1)
+    input_act: bool
+    output_act: bool
+    peepholes: bool
+    fgr: bool
+
+
+class _LSTMFunction(torch.autograd.Function):
+    """The C++ forward and BPTT loops: time-major xp (T, B, G*N) -> outputs y, cells c, gates (or empty)."""
+
+    @staticmethod
+    def forward(ctx, xp, w, gw, peep, h0, c0, g0, lay: Layout):  # type: ignore[override]
+        acts, cs, ys, hcs = cells_cpp.load(required=True).lstm_forward(xp, w, gw, peep, h0, c0, g0, *lay)
+        ctx.lay = lay
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(acts, cs, ys, hcs, w, gw, peep, h0, c0, g0)
+        gates = acts[:, :, : 3 * lay.n].contiguous() if lay.fgr else xp.new_empty(0)
+        return ys, cs, gates
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y, grad_c, grad_g):  # type: ignore[override]
+        grads = cells_cpp.load(required=True).lstm_backward(
+            *ctx.saved_tensors, grad_y, grad_c, grad_g, *ctx.lay
+        )
+        return (*grads, None)  # d_act, dw, dgw, dp, dh0, dc0, dg0 (None where absent), lay

@@ -7,62 +7,79 @@ computed first and applied to what every other part reads:
     i = sigma(W_i r + U_i x + b_i);  f = sigma(W_f r + U_f x + b_f);  s~ = phi(W r + U x + b)
     s' = f * s + i * s~;             output = phi(s')
 
-The forget bias initialises b_f. State per layer: (s,).
+The forget bias initialises b_f. State per layer: (s,). Kernels: the reference step below, run as is or
+through torch.compile (the GPU path), and the C++ loops of `sweep/csrc/lstm_family.cpp` on the CPU.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import once_differentiable
 
-from sweep.cells_common import init_matrix, last_valid, zero_padding
-from sweep.cells_pseudo_fused import pseudo_fused
+from sweep import cells_cpp
+from sweep.cells_base import RecurrentLayer, State, Step
+from sweep.cells_common import last_valid
 
 
-class PseudoLSTMLayer(nn.Module):
-    """One pseudo-LSTM layer; a hand-written kernel unless `reference` is set (plain autograd loop)."""
+class PseudoLSTMLayer(RecurrentLayer):
+    """One pseudo-LSTM layer. State: (s,)."""
 
-    def __init__(
-        self, input_size: int, hidden_size: int, forget_bias: float, init: str, init_scale: float
-    ) -> None:
-        super().__init__()
-        n = hidden_size
-        self.input_size, self.hidden_size, self.reference = input_size, hidden_size, False
-        self.weight_ih = nn.Parameter(torch.empty(4 * n, input_size))  # U for blocks i, f, z (s~), o
-        self.bias = nn.Parameter(torch.zeros(4 * n))
-        self.weight_hh = nn.Parameter(torch.empty(3 * n, n))  # W_i, W_f, W applied to o * phi(s)
-        self.weight_ho = nn.Parameter(torch.empty(n, n))  # W_o applied to phi(s)
-        init_matrix(self.weight_ih, 4, init, init_scale, n)
-        init_matrix(self.weight_hh, 3, init, init_scale, n)
-        init_matrix(self.weight_ho, 1, init, init_scale, n)
-        with torch.no_grad():
-            self.bias[n : 2 * n] = forget_bias
+    implemented = ("reference", "compiled", "cpp")
+
+    def make_parameters(self, forget_bias: float) -> None:
+        n = self.hidden_size
+        self.weight_ih = self.add_matrix("weight_ih", 4, self.input_size)  # U for blocks i, f, z (s~), o
+        self.bias = self.add_bias("bias", 4, 1, forget_bias)
+        self.weight_hh = self.add_matrix("weight_hh", 3, n)  # W_i, W_f, W applied to o * phi(s)
+        self.weight_ho = self.add_matrix("weight_ho", 1, n)  # W_o applied to phi(s)
 
     @property
     def state_sizes(self) -> tuple[int, ...]:
         return (self.hidden_size,)
 
-    def forward(
-        self, x: Tensor, lengths: Tensor | None, mask: Tensor | None, state: tuple[Tensor, ...]
-    ) -> tuple[Tensor, tuple[Tensor, ...]]:
-        """Run (B, T, M) -> outputs (B, T, N) zero at padding, and the state at each last valid step."""
-        if not self.reference:
-            proj = torch.nn.functional.linear(x.transpose(0, 1), self.weight_ih, self.bias)
-            ys_t, ss_t = (
-                t.transpose(0, 1) for t in pseudo_fused(proj, self.weight_hh, self.weight_ho, state[0])
-            )
-            return zero_padding(ys_t, mask), (last_valid(ss_t, lengths),)
-        n = self.hidden_size
-        s = state[0]
-        proj = torch.nn.functional.linear(x, self.weight_ih, self.bias)
-        ys, ss = [], []
-        for t in range(x.size(1)):
-            x_ifz, x_o = proj[:, t].split([3 * n, n], 1)
+    def project(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight_ih, self.bias)
+
+    def step_params(self) -> tuple[Tensor | None, ...]:
+        return (self.weight_hh, self.weight_ho)
+
+    def make_step(self) -> Step:
+        def step(proj: Tensor, state: State, weight_hh: Tensor, weight_ho: Tensor) -> tuple[Tensor, State]:
+            s = state[0]
+            n = s.size(1)
+            x_ifz, x_o = proj.split([3 * n, n], 1)
             squashed = torch.tanh(s)
-            o = torch.sigmoid(x_o + squashed @ self.weight_ho.t())
-            i, f, z = (x_ifz + (o * squashed) @ self.weight_hh.t()).split(n, 1)
+            o = torch.sigmoid(x_o + squashed @ weight_ho.t())
+            i, f, z = (x_ifz + (o * squashed) @ weight_hh.t()).split(n, 1)
             s = torch.sigmoid(f) * s + torch.sigmoid(i) * torch.tanh(z)
-            ss.append(s)
-            ys.append(torch.tanh(s))
-        ys_t, ss_t = torch.stack(ys, 1), torch.stack(ss, 1)
-        return zero_padding(ys_t, mask), (last_valid(ss_t, lengths),)
+            return torch.tanh(s), (s,)
+
+        return step
+
+    def run_cpp(self, x: Tensor, lengths: Tensor | None, state: State) -> tuple[Tensor, State]:
+        xp = F.linear(x.transpose(0, 1), self.weight_ih, self.bias)
+        ys, ss = (t.transpose(0, 1) for t in pseudo_cpp(xp, self.weight_hh, self.weight_ho, state[0]))
+        return ys, (last_valid(ss, lengths),)
+
+
+class _PseudoFunction(torch.autograd.Function):
+    """The C++ PLSTM loops: time-major xp (T, B, 4N), W_(i,f,z), W_o, s_0 -> (outputs, states)."""
+
+    @staticmethod
+    def forward(ctx, xp, w_r, w_o, s0):  # type: ignore[override]
+        acts, reads, ss, ys, phi0 = cells_cpp.load(required=True).plstm_forward(xp, w_r, w_o, s0)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(acts, reads, ss, ys, phi0, w_r, w_o, s0)
+        return ys, ss
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y, grad_s):  # type: ignore[override]
+        return tuple(cells_cpp.load(required=True).plstm_backward(*ctx.saved_tensors, grad_y, grad_s))
+
+
+def pseudo_cpp(xp: Tensor, weight_hh: Tensor, weight_ho: Tensor, s0: Tensor) -> tuple[Tensor, Tensor]:
+    """The C++ PLSTM recurrence on CPU tensors: time-major xp (T, B, 4N) -> (outputs phi(s_t), states s_t)."""
+    return _PseudoFunction.apply(xp, weight_hh, weight_ho, s0)

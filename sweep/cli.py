@@ -22,6 +22,8 @@ COMMANDS: dict[str, str] = {
     "export": "sweep.cli_query:export",
     "report": "sweep.cli_report:report",
     "run": "sweep.cli_run:run",
+    "db": "sweep.cli_db:db",
+    "kernels": "sweep.cli_kernels:kernels",
 }
 
 

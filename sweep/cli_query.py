@@ -45,7 +45,8 @@ def query(sql: str, url: str | None, fmt: str, max_rows: int | None) -> None:
     """Run one read-only SQL statement on the results database ("-" reads it from stdin).
 
     Tables: odyssey_studies, odyssey_trials, odyssey_params, odyssey_epochs (see docs/results-schema.md).
-    Statements that would change anything are refused.
+    Statements that would change anything are refused. Without --storage, $ODYSSEY_QUERY_STORAGE (a
+    read-only role's URL, its password in $ODYSSEY_QUERY_PASSWORD) comes before $ODYSSEY_STORAGE.
     """
     from storage.query import run_readonly
 

@@ -20,13 +20,19 @@ from sweep.cli_common import out_option, report_dir, storage_option
     "--target", type=click.Choice(TARGETS), default="best_test", show_default=True,
     help="Trial column the statistics and fANOVA analyse.",
 )  # fmt: skip
+@click.option(
+    "--select-by", type=click.Choice(TARGETS), default=None,
+    help="Trial column that chooses each variant's best 10% [default: the target's validation column, "
+    "best_valid for best_test: the paper's rule].",
+)  # fmt: skip
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fANOVA forests.")
 @click.option("--trees", "n_trees", type=click.IntRange(1, 1024), default=64, show_default=True,
               help="Trees per fANOVA forest.")  # fmt: skip
 @click.option("--jobs", type=click.IntRange(1, 64), default=None,
               help="Forests fitted at once [default: one per CPU].")  # fmt: skip
 def report(
-    study: str, url: str | None, out: Path | None, target: str, seed: int, n_trees: int, jobs: int | None
+    study: str, url: str | None, out: Path | None, target: str, select_by: str | None, seed: int,
+    n_trees: int, jobs: int | None,
 ) -> None:
     """Analyse STUDY (statistics, fANOVA, figures) and write a self-contained HTML report."""
     from analysis.report import build_report
@@ -41,7 +47,7 @@ def report(
 
     progress(f"storage {mask_url(resolved)}")
     path = build_report(
-        resolved, study, report_dir(study, out), target=target, seed=seed, n_trees=n_trees,
-        jobs=jobs, progress=progress,
+        resolved, study, report_dir(study, out), target=target, select_by=select_by, seed=seed,
+        n_trees=n_trees, jobs=jobs, progress=progress,
     )  # fmt: skip
     click.echo(f"report written to {path.resolve()}")

@@ -81,6 +81,7 @@ def run(spec_path: str, url: str | None, workers: int | None, devices: str, out:
     """
     import optuna
 
+    from sweep.cli_kernels import prepare_kernels
     from sweep.run import default_workers, read_progress, run_study
     from sweep.spec import load_spec
     from sweep.study import create_study
@@ -106,6 +107,7 @@ def run(spec_path: str, url: str | None, workers: int | None, devices: str, out:
                 return
             _write_report(resolved, spec.name, target)
             return
+    prepare_kernels(objective)
     n_workers = workers or (len(device_list) if device_list != ["cpu"] else default_workers())
     click.echo(f"{plural(n_workers, 'worker')} on {', '.join(device_list)}", err=True)
     live = sys.stderr.isatty()

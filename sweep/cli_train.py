@@ -10,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from storage.errors import OdysseyError
+from sweep.cells_variants import VARIANTS
 
 if TYPE_CHECKING:
     from sweep.training import EpochReport
@@ -24,7 +25,7 @@ _DATA_NEEDED = {"ptb": "a directory holding ptb.train/valid/test.txt", "char": "
 )
 @click.option("--data", "data_path", default=None, help="Data path: ptb directory, char text file, jsb JSON.")
 @click.option(
-    "--variant", default="V", show_default=True, help="Cell variant (V, NIG, ..., CIFG, GRU, PLSTM)."
+    "--variant", default="V", show_default=True, help=f"Cell variant: {', '.join(VARIANTS)}."
 )
 @click.option(
     "--lr",
@@ -60,6 +61,7 @@ def train(dataset_name: str, data_path: str | None, threads: int | None, **setti
     """Train one network and report the validation and test metric after every epoch."""
     import torch
 
+    from sweep.cli_kernels import prepare_kernels
     from sweep.datasets import load_dataset
     from sweep.training import TrainConfig, resolve_device
     from sweep.training import train as run_training
@@ -76,6 +78,7 @@ def train(dataset_name: str, data_path: str | None, threads: int | None, **setti
     if data_path is None and dataset_name in _DATA_NEEDED:
         raise OdysseyError(f"{dataset_name}: --data is required ({_DATA_NEEDED[dataset_name]})")
     dataset = load_dataset(dataset_name, path=data_path)
+    prepare_kernels()
     console = Console()
     console.print(f"{dataset.describe()}; {config.variant}, {config.hidden_size} cells, {config.optimizer}")
     unit = "frames" if dataset.vocab_size is None else "tokens"

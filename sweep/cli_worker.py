@@ -8,6 +8,7 @@ import warnings
 
 import click
 
+from storage.engine import require_existing_database
 from storage.urls import mask_url, resolve_url
 from sweep.cli_common import storage_option
 
@@ -38,6 +39,7 @@ def worker(url: str | None, study_name: str | None, devices: str, jobs_per_devic
     """Pull waiting trials and train them, one process per device slot, until the study is done."""
     import optuna
 
+    from sweep.cli_kernels import prepare_kernels
     from sweep.objective import resolve_objective
     from sweep.worker import WorkerConfig, resolve_devices, run_workers
 
@@ -53,6 +55,9 @@ def worker(url: str | None, study_name: str | None, devices: str, jobs_per_devic
                           max_retries=max_retries, poll_interval=poll_interval, objective=objective,
                           threads=threads)
     logging.getLogger("odyssey.worker").info("storage %s", mask_url(resolved))
-    code = run_workers(config, resolve_devices(devices, objective), jobs_per_device)
+    slots = resolve_devices(devices, objective)
+    require_existing_database(resolved)  # a mistyped SQLite path must not become a new, empty database
+    prepare_kernels(objective)
+    code = run_workers(config, slots, jobs_per_device)
     if code:
         raise SystemExit(code)

@@ -56,6 +56,8 @@ class Batch:
 
     def to(self, device: torch.device | str) -> Batch:
         """The batch with inputs and targets on `device` (lengths stay on the CPU, as the cells expect)."""
+        if self.inputs.device == torch.device(device):
+            return self  # the common CPU case: no copy, and no dispatch on every training step
         return Batch(self.inputs.to(device), self.targets.to(device), self.lengths)
 
     def chunks(self, size: int | None) -> Iterator[Batch]:
@@ -192,8 +194,11 @@ class Dataset(ABC):
     def loss(self, outputs: Tensor, batch: Batch) -> tuple[Tensor, int]:
         """Sum of the per-step losses over the batch's valid steps, and the number of those steps."""
         losses = self.step_losses(outputs, batch.targets)
+        n = batch.n_steps
+        if n == losses.numel():  # no padding (every batch of one sequence): nothing to mask
+            return losses.sum(), n
         mask = batch.mask().to(losses.device)
-        return torch.where(mask, losses, torch.zeros_like(losses)).sum(), batch.n_steps
+        return torch.where(mask, losses, torch.zeros_like(losses)).sum(), n
 
     @abstractmethod
     def summarize(self, mean_loss: float) -> dict[str, float]:

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from sweep.cells import make_recurrent
+from sweep.cells_variants import Variant
 
 
 class SequenceModel(nn.Module):
@@ -17,7 +18,7 @@ class SequenceModel(nn.Module):
 
     def __init__(
         self,
-        variant: str,
+        variant: str | Variant,
         input_size: int,
         hidden_size: int,
         output_size: int,

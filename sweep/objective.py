@@ -1,7 +1,8 @@
 """Trial objectives: what a worker runs for one trial.
 
 The real objective (`train`) maps the trial to a `TrainConfig`, trains on the spec's dataset, records
-each epoch through `storage.results` and returns the result. Tests and benchmarks swap in `noop` or
+each epoch through `storage.results` (and its validation metric as the Optuna trial's intermediate value,
+so optuna-dashboard draws learning curves) and returns the result. Tests and benchmarks swap in `noop` or
 `sleep:SECONDS` through `$ODYSSEY_OBJECTIVE` (or `module:function` for their own).
 
 Divergence rule: a run whose loss stops being finite is stopped by training and reported with status
@@ -117,7 +118,46 @@ def train_config(ctx: TrialContext) -> Any:
         settings["hidden_size"] = int(settings["hidden_size"])
     if "num_layers" in settings:
         settings["num_layers"] = int(settings["num_layers"])
-    return TrainConfig(variant=ctx.variant, seed=ctx.seed, device=ctx.device, **settings)
+    switches = ctx.spec.custom_variants.get(ctx.variant)  # None for the built-in variants
+    return TrainConfig(variant=ctx.variant, switches=switches, seed=ctx.seed, device=ctx.device, **settings)
+
+
+# One Optuna storage per worker process and database, for the intermediate values.
+_optuna_storages: dict[str, Any] = {}
+
+
+def intermediate_reporter(ctx: TrialContext) -> Callable[[int, float], None]:
+    """A function that stores an epoch's validation metric as the Optuna trial's intermediate value at
+    step = epoch (Optuna's public storage API), as `Trial.report` would; optuna-dashboard draws these as
+    the trial's learning curve. Raises OdysseyError when the database cannot be reached."""
+    from storage.engine import with_retry
+    from sweep.study import open_storage
+
+    storage = _optuna_storages.get(ctx.url)
+    if storage is None:
+        storage = _optuna_storages.setdefault(ctx.url, open_storage(ctx.url))
+    study_id = with_retry(lambda: storage.get_study_id_from_name(ctx.study), ctx.url)
+    trial_id = with_retry(
+        lambda: storage.get_trial_id_from_study_id_trial_number(study_id, ctx.trial_number), ctx.url
+    )
+
+    def report(epoch: int, value: float) -> None:
+        with_retry(lambda: storage.set_trial_intermediate_value(trial_id, int(epoch), float(value)), ctx.url,
+                   what="report an intermediate value")  # fmt: skip
+
+    return report
+
+
+def name_metric(study: Any, metric: str) -> None:
+    """Name the study's objective value after the spec's metric (optuna-dashboard shows it instead of
+    "Objective 0"); Optuna marks `set_metric_names` experimental, which is no news to a user."""
+    import warnings
+
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([metric])
 
 
 def train_objective(ctx: TrialContext) -> Outcome:
@@ -127,11 +167,15 @@ def train_objective(ctx: TrialContext) -> Outcome:
 
     dataset = _dataset(ctx.spec)
     metric = ctx.spec.metric
+    report_to_optuna = intermediate_reporter(ctx)
 
     def on_epoch(report: Any) -> None:
         results.record_epoch(ctx.url, ctx.study, ctx.slot, report.epoch, report.train_loss,
                              report.valid_metric, report.test_metric, report.seconds,
                              trial_number=ctx.trial_number)
+        # The study's own metric (a secondary metric of the dataset when the spec names one).
+        value = report.valid_metric if metric == dataset.metric else report.metrics.get(f"valid_{metric}")
+        report_to_optuna(report.epoch, math.nan if value is None else value)
         ctx.check_stop()
 
     def on_progress(_done: int, _total: int) -> None:

@@ -1,12 +1,15 @@
 """Study specs: a TOML file naming the dataset, variants, search space, design and training budget.
 
 `load_spec(path)` parses the file with tomllib and validates it with pydantic; every problem becomes one
-`OdysseyError` line naming the file and the field. `StudySpec.model_dump(mode="json")` is the normalised
-form stored with the study (what `analysis` reads).
+`OdysseyError` line naming the file and the field (an unknown key with the nearest known one). Every fixed
+value, every range end and the `[training]` settings also go through the training rules of `odyssey train`
+(`sweep.training.setting_problem`), so a spec that could not train is refused before any trial is queued.
+`StudySpec.model_dump(mode="json")` is the normalised form stored with the study (what `analysis` reads).
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 import tomllib
 import warnings
@@ -25,6 +28,7 @@ from pydantic import (
 )
 
 from storage.errors import OdysseyError
+from sweep.cells_variants import GREFF_VARIANTS, VARIANTS, custom_variant
 
 DATASETS: tuple[str, ...] = ("jsb", "ptb", "char", "synthetic")
 # The primary (lower-is-better) validation metric of each dataset, as sweep.datasets names it.
@@ -142,19 +146,20 @@ class DatasetSpec(_Model):
 
 
 class TrainingSpec(_Model):
-    """The training budget and the settings every trial shares."""
+    """The training budget and the settings every trial shares (TrainConfig fields of the same name; their
+    values are checked by the training rules, see `StudySpec._check_training_rules`)."""
 
-    max_epochs: int = Field(150, ge=1)
-    patience: int = Field(15, ge=1)
-    batch_size: int = Field(1, ge=1)
-    optimizer: Literal["sgd", "adam"] = "sgd"
-    clip: float | None = Field(None, gt=0)
-    num_layers: int = Field(1, ge=1)
-    init: Literal["normal", "uniform", "xavier"] = "normal"
-    init_scale: float = Field(0.1, gt=0)
-    bptt: int | None = Field(None, ge=1)
-    embedding_size: int | None = Field(None, ge=1)
-    eval_batch_size: int | None = Field(None, ge=1)
+    max_epochs: int = 150
+    patience: int = 15
+    batch_size: int = 1
+    optimizer: str = "sgd"
+    clip: float | None = None
+    num_layers: int = 1
+    init: str = "normal"
+    init_scale: float = 0.1
+    bptt: int | None = None
+    embedding_size: int | None = None
+    eval_batch_size: int | None = None
 
 
 class StudySpec(_Model):
@@ -162,7 +167,10 @@ class StudySpec(_Model):
 
     name: str = Field(min_length=1, max_length=120, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     dataset: DatasetSpec
-    variants: tuple[str, ...] = Field(default=(), validate_default=True)
+    # user-named LSTM variants: name -> switches (sweep.cells_variants.LSTMSpec; docs/variants.md)
+    custom_variants: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # None (left out): Greff's nine and the custom variants
+    variants: tuple[str, ...] = Field(default=None, validate_default=True)
     space: dict[str, Param] = Field(default_factory=default_space)
     trials_per_variant: int = Field(ge=1, le=100_000)
     design: Literal["random", "sobol", "tpe"] = "random"
@@ -171,25 +179,44 @@ class StudySpec(_Model):
     metric: str = ""
     direction: Literal["minimize", "maximize"] = "minimize"
 
+    @field_validator("custom_variants", mode="before")
+    @classmethod
+    def _custom_variants(cls, value: Any) -> Any:
+        # Each one is checked against the switch rules and stored with every switch spelled out.
+        if not isinstance(value, dict):
+            raise ValueError("must be a table of variant names to switch tables")
+        checked = {}
+        for name, switches in value.items():
+            if not isinstance(switches, dict):
+                raise ValueError(f"{name} must be a table of switches")
+            try:
+                checked[name] = custom_variant(name, switches).lstm.switches()  # type: ignore[union-attr]
+            except OdysseyError as exc:
+                raise ValueError(str(exc)) from None
+        return checked
+
     @field_validator("variants", mode="before")
     @classmethod
     def _variants(cls, value: Any, info: ValidationInfo) -> Any:
-        if (info.context or {}).get("stored") and isinstance(value, list | tuple) and value:
-            # A stored spec was checked when the study was created; skip importing torch for it.
-            return tuple(value)
-        from sweep.cells import GREFF_VARIANTS, VARIANTS  # lazily: cells imports torch
-
-        if value in (None, (), [], "greff"):
-            return GREFF_VARIANTS
+        custom = tuple(info.data.get("custom_variants") or ())
+        known = (*VARIANTS, *custom)
+        if value is None or value == "greff":
+            return (*GREFF_VARIANTS, *custom)
         if value == "all":
-            return VARIANTS
+            return known
         if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
             raise ValueError('must be a list of variant names, "greff" or "all"')
-        unknown = [v for v in value if v not in VARIANTS]
+        if not value:
+            raise ValueError('must name at least one variant (leave it out for "greff", the default, '
+                             'or use "all")')
+        unknown = [v for v in value if v not in known]
         if unknown:
-            raise ValueError(f"unknown variant {unknown[0]!r} (known: {', '.join(VARIANTS)})")
+            raise ValueError(f"unknown variant {unknown[0]!r} (known: {', '.join(known)})")
         if len(set(value)) != len(value):
             raise ValueError("lists a variant twice")
+        unused = [v for v in custom if v not in value]
+        if unused:
+            raise ValueError(f"does not list the custom variant {unused[0]!r} (list it or remove it)")
         return tuple(value)
 
     @field_validator("space", mode="before")
@@ -200,7 +227,8 @@ class StudySpec(_Model):
             return value
         unknown = [k for k in value if k not in SEARCHABLE]
         if unknown:
-            raise ValueError(f"unknown hyperparameter {unknown[0]!r} (known: {', '.join(SEARCHABLE)})")
+            raise ValueError(f"unknown hyperparameter {unknown[0]!r}{_did_you_mean(unknown[0], SEARCHABLE)} "
+                             f"(known: {', '.join(SEARCHABLE)})")
         merged: dict[str, Any] = {k: p.model_dump() for k, p in default_space().items()}
         for key, entry in value.items():
             if isinstance(entry, dict):
@@ -212,15 +240,38 @@ class StudySpec(_Model):
         return merged
 
     @model_validator(mode="after")
-    def _normalise(self) -> StudySpec:
+    def _normalise(self, info: ValidationInfo) -> StudySpec:
         for key, param in self.space.items():
             if param.type != SEARCHABLE[key]:
                 raise SpecFieldError(f"space.{key}.type", f"must be {SEARCHABLE[key]!r}")
+        if not (info.context or {}).get("stored"):
+            # A stored spec was checked when the study was created; skip importing torch for it.
+            self._check_training_rules()
         if not self.metric:
             object.__setattr__(self, "metric", DEFAULT_METRICS[self.dataset.name])
         if self.dataset.name in ("ptb", "char") and "path" not in self.dataset.options:
             raise SpecFieldError("dataset.path", f"is required for the {self.dataset.name!r} dataset")
         return self
+
+    def _check_training_rules(self) -> None:
+        """Every `[training]` setting, fixed value and range end through `odyssey train`'s rules.
+
+        The rules are intervals, so a range whose two ends pass has no failing point inside (the designs
+        only map into [low, high])."""
+        from sweep.training import setting_problem  # lazily: training imports torch
+
+        for name, value in self.training.model_dump().items():
+            problem = setting_problem(name, value)
+            if problem is not None:
+                raise SpecFieldError(f"training.{name}", problem)
+        for key, param in self.space.items():
+            for end in ("value", "low", "high"):
+                value = getattr(param, end)
+                if value is None:
+                    continue
+                problem = setting_problem(key, int(value) if param.type == "int" else value)
+                if problem is not None:
+                    raise SpecFieldError(f"space.{key}.{end}", problem)
 
     @property
     def searched(self) -> list[str]:
@@ -236,8 +287,33 @@ class StudySpec(_Model):
         return self.model_dump(mode="json")
 
 
+def _did_you_mean(name: str, known: Any) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _known_fields(parent: tuple[Any, ...]) -> list[str]:
+    """The field names a spec allows at ``parent`` (a pydantic error location without its last part)."""
+    model: type[BaseModel] = StudySpec
+    parts = list(parent)
+    while parts:
+        part = parts.pop(0)
+        if model is StudySpec and part == "space":
+            model = Param
+            parts = parts[1:]  # skip the hyperparameter's name
+            continue
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field is not None else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
 def _format_error(source: str, exc: ValidationError) -> str:
-    err = exc.errors(include_url=False)[0]
+    errors = exc.errors(include_url=False)
+    # An unknown key first: a misspelt required key also reports the real one as missing.
+    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc = ".".join(str(p) for p in err["loc"])
     original = (err.get("ctx") or {}).get("error")
     if isinstance(original, SpecFieldError):
@@ -245,7 +321,8 @@ def _format_error(source: str, exc: ValidationError) -> str:
         field = original.field if original.field.count(".") or not loc else f"{loc}.{original.field}"
         return f"spec {source}: {field} {original.message}"
     if err["type"] == "extra_forbidden":
-        return f"spec {source}: {loc} is not a known field"
+        hint = _did_you_mean(str(err["loc"][-1]), _known_fields(tuple(err["loc"][:-1])))
+        return f"spec {source}: {loc} is not a known field{hint}"
     if err["type"] == "missing":
         return f"spec {source}: {loc} is required"
     msg = str(err["msg"]).removeprefix("Value error, ")

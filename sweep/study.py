@@ -23,6 +23,7 @@ from storage.engine import optuna_storage, with_retry
 from storage.errors import OdysseyError
 from storage.schema import FINISHED_STATES, STATES
 from sweep.cli_common import plural
+from sweep.objective import name_metric
 from sweep.spec import StudySpec, design_points, parse_spec
 
 log = logging.getLogger("odyssey.study")
@@ -222,6 +223,7 @@ def create_study(url: str, spec: StudySpec, check_data: bool = True,
     results.record_designed_trials(url, spec.name, rows)
     if missing:
         _enqueue(url, study, spec, missing, dists, progress)
+    with_retry(lambda: name_metric(study, spec.metric), url, what="name the metric")
     with_retry(lambda: study.set_user_attr(SPEC_ATTR, normalised), url, what="store the spec")
     verb = "created" if existing is None else "completed the interrupted creation of"
     return CreateResult(

@@ -11,14 +11,17 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import torch
 
 from storage.errors import OdysseyError
-from sweep.cells import VARIANTS, State, detach_state
+from sweep import kernels
+from sweep.cells import State, detach_state
 from sweep.cells_common import INIT_SCHEMES
+from sweep.cells_variants import Variant, resolve
 from sweep.datasets import Batch, Dataset
 from sweep.models import SequenceModel
 
@@ -49,43 +52,68 @@ class TrainConfig:
     bptt: int | None = None  # truncated-BPTT window; None: the dataset's default (full BPTT for sequences)
     embedding_size: int | None = None  # token data; None: hidden_size
     eval_batch_size: int | None = None  # None: the dataset's default
+    switches: dict[str, Any] | None = None  # a custom LSTM variant's switches (None: `variant` is built in)
+
+    def cell(self) -> Variant:
+        """The registry entry of `variant` (a custom one from `switches`); OdysseyError if it is unknown."""
+        return resolve(self.variant, self.switches)
 
     def validate(self) -> None:
-        """Raise OdysseyError naming the first invalid setting."""
-        checks = [
-            (
-                self.variant in VARIANTS,
-                f"unknown variant {self.variant!r}; expected one of {', '.join(VARIANTS)}",
-            ),
-            (
-                self.init in INIT_SCHEMES,
-                f"unknown init {self.init!r}; expected one of {', '.join(INIT_SCHEMES)}",
-            ),
-            (self.hidden_size >= 1, f"hidden_size must be >= 1, got {self.hidden_size}"),
-            (
-                _positive(self.learning_rate),
-                f"learning_rate must be a positive number, got {self.learning_rate}",
-            ),
-            (0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}"),
-            (math.isfinite(self.forget_bias), f"forget_bias must be finite, got {self.forget_bias}"),
-            (0 <= self.input_noise < math.inf, f"input_noise must be >= 0, got {self.input_noise}"),
-            (self.num_layers >= 1, f"num_layers must be >= 1, got {self.num_layers}"),
-            (self.optimizer in OPTIMIZERS, f"unknown optimizer {self.optimizer!r}; expected sgd or adam"),
-            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
-            (self.max_epochs >= 1, f"max_epochs must be >= 1, got {self.max_epochs}"),
-            (self.patience >= 1, f"patience must be >= 1, got {self.patience}"),
-            (self.clip is None or _positive(self.clip), f"clip must be a positive number, got {self.clip}"),
-            (self.bptt is None or self.bptt >= 1, f"bptt must be >= 1, got {self.bptt}"),
-            (self.embedding_size is None or self.embedding_size >= 1, "embedding_size must be >= 1"),
-            (self.eval_batch_size is None or self.eval_batch_size >= 1, "eval_batch_size must be >= 1"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise OdysseyError(message)
+        """Raise OdysseyError naming the first invalid setting: the variant through the registry (a custom
+        one with its `switches`), every other setting by the rules of `setting_problem`."""
+        self.cell()
+        for item in fields(self):
+            problem = setting_problem(item.name, getattr(self, item.name))
+            if problem is not None:
+                raise OdysseyError(f"{item.name} {problem}")
 
 
-def _positive(x: float) -> bool:
-    return 0 < x < math.inf
+def _one_of(choices: tuple[str, ...]) -> Callable[[Any], str | None]:
+    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}, got {v!r}"
+
+
+def _at_least_one(v: Any) -> str | None:
+    return None if v >= 1 else f"must be >= 1, got {v}"
+
+
+def _positive(v: Any) -> str | None:
+    return None if 0 < v < math.inf else f"must be a positive number, got {v}"
+
+
+def _optional(rule: Callable[[Any], str | None]) -> Callable[[Any], str | None]:
+    return lambda v: None if v is None else rule(v)
+
+
+# The training rules, one per TrainConfig setting that has one: `TrainConfig.validate` (odyssey train, every
+# trial) and the study spec's check at `study create` (every fixed value and range end) both apply these.
+_RULES: dict[str, Callable[[Any], str | None]] = {
+    "init": _one_of(INIT_SCHEMES),
+    "optimizer": _one_of(OPTIMIZERS),
+    "hidden_size": _at_least_one,
+    "learning_rate": _positive,
+    "momentum": lambda v: None if 0 <= v < 1 else f"must be in [0, 1), got {v}",
+    "forget_bias": lambda v: None if math.isfinite(v) else f"must be finite, got {v}",
+    "input_noise": lambda v: None if 0 <= v < math.inf else f"must be >= 0, got {v}",
+    "num_layers": _at_least_one,
+    "batch_size": _at_least_one,
+    "max_epochs": _at_least_one,
+    "patience": _at_least_one,
+    "clip": _optional(_positive),
+    "init_scale": _positive,
+    "bptt": _optional(_at_least_one),
+    "embedding_size": _optional(_at_least_one),
+    "eval_batch_size": _optional(_at_least_one),
+}
+
+
+def setting_problem(name: str, value: Any) -> str | None:
+    """What is wrong with ``value`` for the TrainConfig setting ``name`` ("must be >= 1, got 0"), or None.
+
+    The one rule set for training settings: `TrainConfig.validate` and `sweep.spec` (each fixed value and
+    range end of a study spec) both call it. A setting without a rule (seed, device) is always accepted here.
+    """
+    rule = _RULES.get(name)
+    return None if rule is None else rule(value)
 
 
 @dataclass
@@ -144,7 +172,7 @@ def build_model(config: TrainConfig, dataset: Dataset) -> SequenceModel:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         return SequenceModel(
-            config.variant,
+            config.cell(),
             dataset.input_size,
             config.hidden_size,
             dataset.output_size,
@@ -159,7 +187,7 @@ def build_model(config: TrainConfig, dataset: Dataset) -> SequenceModel:
         )
 
 
-def make_optimizer(config: TrainConfig, params: Iterator[torch.nn.Parameter]) -> torch.optim.Optimizer:
+def make_optimizer(config: TrainConfig, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
     """SGD with Nesterov momentum (step scaled by 1 - momentum) or Adam (beta1 = momentum)."""
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=config.learning_rate, betas=(config.momentum, 0.999))
@@ -209,7 +237,8 @@ class _Run:
         self.device = resolve_device(config.device)
         self.model = build_model(config, dataset).to(self.device)
         self.initial = copy.deepcopy(self.model.state_dict())
-        self.optimizer = make_optimizer(config, self.model.parameters())
+        self.params = list(self.model.parameters())  # walked once, not on every step
+        self.optimizer = make_optimizer(config, self.params)
         self.shuffle = torch.Generator().manual_seed(config.seed)
         self.bptt = config.bptt or dataset.default_bptt
         self.first_loss: float | None = None
@@ -246,7 +275,7 @@ class _Run:
             raise Diverged
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        params = [p for p in self.model.parameters() if p.grad is not None]
+        params = [p for p in self.params if p.grad is not None]
         if self.config.clip is not None:
             norm = torch.nn.utils.clip_grad_norm_(params, self.config.clip)
         else:
@@ -281,6 +310,7 @@ def train(
     (frames/tokens) of the current epoch. The same seed gives the same numbers on the CPU.
     """
     config.validate()
+    kernels.load()  # a first use builds the C++ kernels: before the clock starts, as build is not training
     started = time.perf_counter()
     run = _Run(config, dataset, on_progress)
     history: list[EpochReport] = []

@@ -383,6 +383,10 @@ class Worker:
             pass
         if self.stop.is_set():
             log.info("%sstopped; %d trials run by this worker", self._prefix, self.trials_run)
+        elif self.trials_run and self._failures == self.trials_run:
+            # Every trial raised (a broken dataset, objective or device): a clean exit would hide it.
+            raise OdysseyError(f"all {self.trials_run} trials this worker ran failed (each error is in "
+                               "the log above and in the `error` column of odyssey_trials)")
         return self.trials_run
 
     def _params(self, target: _Target, frozen: FrozenTrial) -> dict[str, Any]:

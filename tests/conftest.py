@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -59,3 +59,32 @@ def sqlite_url(tmp_path: Path) -> Iterator[str]:
     from storage.engine import dispose_engine
 
     dispose_engine(url)
+
+
+@pytest.fixture(scope="session")
+def compose_roles() -> Callable[[str], tuple[str, str]]:
+    """Set up a PostgreSQL database's roles with docker/initdb.py, as the compose `db-init` service does.
+
+    Call it with a database URL whose role is a superuser (the test server's, like the image's
+    POSTGRES_USER); returns (application role URL, read-only role URL), passwords included.
+    """
+    import subprocess
+
+    from sqlalchemy.engine import make_url
+
+    root = Path(__file__).resolve().parent.parent
+    app, reader = ("test_app", "Tst-app-pw-3"), ("test_reader", "Tst-reader-pw-4")
+
+    def setup(url: str) -> tuple[str, str]:
+        admin = make_url(url)
+        storage = admin.set(password=None).render_as_string(hide_password=False)
+        env = {**os.environ, "ODYSSEY_STORAGE": storage,
+               "PGPASSWORD": admin.password or "", "ODYSSEY_APP_USER": app[0], "ODYSSEY_APP_PASSWORD": app[1],
+               "ODYSSEY_READER_USER": reader[0], "ODYSSEY_READER_PASSWORD": reader[1]}
+        done = subprocess.run([sys.executable, str(root / "docker" / "initdb.py")], cwd=root, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return tuple(admin.set(username=user, password=password).render_as_string(hide_password=False)
+                     for user, password in (app, reader))  # type: ignore[return-value]
+
+    return setup

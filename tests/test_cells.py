@@ -14,6 +14,13 @@ from torch.func import functional_call
 from storage.errors import OdysseyError
 from sweep import cells_cpp
 from sweep.cells import GREFF_VARIANTS, VARIANTS, detach_state, make_recurrent
+from sweep.cells_base import KERNELS, CompiledStep, can_run, kernel_for
+from sweep.cells_gru import gru_cpp
+from sweep.cells_pseudo import pseudo_cpp
+from sweep.cells_variants import REGISTRY, LSTMSpec, Variant, custom_variant, legal_lstm_specs
+from sweep.models import SequenceModel
+from sweep.spec import parse_spec
+from sweep.training import TrainConfig
 
 torch.set_num_threads(1)
 DT = torch.float64
@@ -140,7 +147,7 @@ def test_parameter_counts_leave_out_unused_parameters(variant: str) -> None:
         "PLSTM": 4 * per_gate,
     }[variant]
     model = build(variant)
-    assert model.num_parameters() == expected
+    assert model.num_parameters() == expected == REGISTRY[variant].num_parameters(M, N)
     assert model.num_parameters() == sum(p.numel() for p in model.parameters())
 
 
@@ -322,13 +329,12 @@ def test_fgr_feeds_back_post_sigmoid_gates() -> None:
     assert gates.shape == (1, 2, 3 * N) and bool(((gates > 0) & (gates < 1)).all())
 
 
-@pytest.mark.parametrize("kernel", ["auto", "torch", "reference"])
-def test_gru_equals_torch_gru(kernel: str) -> None:
+@pytest.mark.parametrize("kernel", [None, "torch", "reference"])
+def test_gru_equals_torch_gru(kernel: str | None) -> None:
     torch.manual_seed(0)
     ref = torch.nn.GRU(M, N, batch_first=True).to(DT)
-    model = build("GRU", kernel == "reference")
+    model = build("GRU").set_kernel(kernel)
     layer = model.layers[0]
-    layer.torch_kernel = True if kernel == "torch" else None
     with torch.no_grad():
         layer.weight_ih.copy_(ref.weight_ih_l0)
         layer.weight_hh.copy_(ref.weight_hh_l0)
@@ -376,7 +382,7 @@ def test_fast_path_equals_reference(variant: str) -> None:
     fast, ref = build(variant, num_layers=2), build(variant, True, num_layers=2)
     x, lengths, state = randn(3, 6, M), torch.tensor([6, 2, 4]), rand_state(fast, 3)
     expected = run_and_grad(ref, x, lengths, state)
-    for _ in range(3):  # TorchScript optimises a loop after its first calls: the answer must not change
+    for _ in range(2):  # a second call on the same kernel gives the same answer
         assert_close(run_and_grad(fast, x, lengths, state), expected)
 
 
@@ -494,9 +500,10 @@ def test_float32_default_and_train_step_reduces_loss() -> None:
     assert losses[-1] < 0.5 * losses[0]
 
 
-# ------------------------------------------------------------------ kernel backends (C++ / TorchScript)
+# ------------------------------------------------------------------ kernels: registry, C++, compiled
 
-LSTM_KERNEL_VARIANTS = ("V", "NIG", "NFG", "NOG", "NIAF", "NOAF", "CIFG", "FGR")
+# the paper's variants that run on the C++ kernel (all but NP, which is torch's own cell)
+LSTM_KERNEL_VARIANTS = tuple(v for v in GREFF_VARIANTS if not REGISTRY[v].lstm.is_torch_lstm)
 
 
 @pytest.fixture
@@ -528,17 +535,16 @@ def wide_inputs(model, dtype: torch.dtype):
     return x, torch.tensor([7, 3, 5]), state
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("variant", LSTM_KERNEL_VARIANTS)
-def test_cpp_kernel_equals_reference(variant: str, dtype: torch.dtype, kernel_calls, monkeypatch) -> None:
-    """Outputs, final state and every gradient, with padding and a carried state, at float32/64 tolerance."""
+def test_cpp_kernel_equals_reference_in_float32(variant: str, kernel_calls, monkeypatch) -> None:
+    """float32 (the fast exp/tanh approximations), hidden 37, padding and a carried state."""
     monkeypatch.setenv(cells_cpp.ENV_VAR, "cpp")
-    fast = build_wide(variant, dtype)
-    x, lengths, state = wide_inputs(fast, dtype)
+    fast = build_wide(variant, torch.float32)
+    x, lengths, state = wide_inputs(fast, torch.float32)
     got = run_and_grad(fast, x, lengths, state)
     assert kernel_calls.count("lstm_forward") == 2 and kernel_calls.count("lstm_backward") == 2
-    expected = run_and_grad(build_wide(variant, dtype, reference=True), x, lengths, state)
-    assert_close(got, expected, tol=2e-5 if dtype == torch.float32 else 1e-10)
+    expected = run_and_grad(build_wide(variant, torch.float32, reference=True), x, lengths, state)
+    assert_close(got, expected, tol=2e-5)
 
 
 @pytest.mark.parametrize("variant", LSTM_KERNEL_VARIANTS)
@@ -548,17 +554,6 @@ def test_cpp_kernel_gradcheck(variant: str, kernel_calls, monkeypatch) -> None:
     assert "lstm_backward" in kernel_calls
 
 
-@pytest.mark.parametrize("backend", ["script", "python"])
-@pytest.mark.parametrize("variant", LSTM_KERNEL_VARIANTS)
-def test_forced_fallback_backends(variant: str, backend: str, kernel_calls, monkeypatch) -> None:
-    """ODYSSEY_CELLS_BACKEND=script|python bypasses the C++ kernels and still gives the same answers."""
-    monkeypatch.setenv(cells_cpp.ENV_VAR, backend)
-    fast, ref = build(variant, num_layers=2), build(variant, True, num_layers=2)
-    x, lengths, state = randn(3, 6, M), torch.tensor([6, 2, 4]), rand_state(fast, 3)
-    assert_close(run_and_grad(fast, x, lengths, state), run_and_grad(ref, x, lengths, state))
-    assert kernel_calls == []
-
-
 def test_unknown_backend_raises(monkeypatch) -> None:
     monkeypatch.setenv(cells_cpp.ENV_VAR, "fortran")
     with pytest.raises(OdysseyError, match="ODYSSEY_CELLS_BACKEND='fortran'") as info:
@@ -566,49 +561,36 @@ def test_unknown_backend_raises(monkeypatch) -> None:
     assert "\n" not in str(info.value)
 
 
-def test_backend_routing(monkeypatch) -> None:
-    """Only CPU float32/float64 tensors go to the C++ kernels; other devices and dtypes keep TorchScript."""
-    monkeypatch.setenv(cells_cpp.ENV_VAR, "cpp")
-    assert cells_cpp.backend_for(torch.zeros(1)) == "cpp"
-    assert cells_cpp.backend_for(torch.zeros(1, dtype=DT)) == "cpp"
-    assert cells_cpp.backend_for(torch.zeros(1, dtype=torch.bfloat16)) == "script"
-    assert cells_cpp.backend_for(torch.zeros(1, device="meta")) == "script"  # stands in for a GPU
-    monkeypatch.setenv(cells_cpp.ENV_VAR, " Script ")
-    assert cells_cpp.backend_for(torch.zeros(1)) == "script"
-
-
-def test_failed_build_falls_back_to_torchscript(monkeypatch, caplog) -> None:
-    def no_compiler():
-        raise RuntimeError("Error building extension 'odyssey':\nc++: command not found")
-
-    monkeypatch.setattr(cells_cpp, "_cache", {})
-    monkeypatch.setattr(cells_cpp, "_build", no_compiler)
-    monkeypatch.delenv(cells_cpp.ENV_VAR, raising=False)
-    with caplog.at_level("INFO", logger="sweep.cells_cpp"):
-        fast, ref = build("V"), build("V", True)
-        x = randn(2, 4, M)
-        assert_close(fast(x)[0], ref(x)[0])
-    assert "using the TorchScript kernels" in caplog.text
-    assert cells_cpp.backend_for(x) == "script"
-    monkeypatch.setenv(cells_cpp.ENV_VAR, "cpp")  # forcing the C++ kernels now is an error, on one line
-    with pytest.raises(OdysseyError, match="could not be built: Error building .* command not found") as info:
-        fast(x)
+def test_unknown_kernel_raises() -> None:
+    with pytest.raises(OdysseyError, match="GRU has no kernel 'compiled'") as info:
+        build("GRU").set_kernel("compiled")
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.timeout(300)
-def test_stale_build_lock_does_not_hang() -> None:
-    """A killed build leaves torch's lock file behind: the next process must still load the kernels."""
-    cells_cpp.load(required=True)
-    lock = cells_cpp.build_root() / cells_cpp._module_name() / "lock"
-    lock.touch()
-    code = "from sweep import cells_cpp; print(cells_cpp.load(required=True).has_blas())"
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=240,
-        cwd=Path(__file__).resolve().parents[1],
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "True" and not lock.exists()
+def test_kernel_registry_routing(monkeypatch, kernel_calls) -> None:
+    """One registry keyed by family and device; the C++ kernels take CPU float32/float64 only."""
+    monkeypatch.delenv(cells_cpp.ENV_VAR, raising=False)
+    meta = torch.device("meta")  # stands in for a GPU
+    assert kernel_for("lstm", "cpu") == "cpp" and kernel_for("lstm", "cpu", DT) == "cpp"
+    assert kernel_for("lstm", "cpu", torch.bfloat16) == "reference"
+    assert kernel_for("lstm", meta) == "compiled" and kernel_for("plstm", meta) == "compiled"
+    assert kernel_for("np", "cpu") == "torch" and kernel_for("np", meta) == "torch"
+    assert kernel_for("gru", "cpu") == "cpp" and kernel_for("gru", meta) == "torch"
+    assert {family for family, _ in KERNELS} == {"lstm", "np", "gru", "plstm"}
+    assert build("NP").kernel_for(randn(1, 2, M)) == "torch"
+    assert build("V").kernel_for(randn(1, 2, M)) == "cpp"
+    monkeypatch.setenv(cells_cpp.ENV_VAR, " Reference ")
+    assert build("NP").kernel_for(randn(1, 2, M)) == "reference"
+    monkeypatch.setenv(cells_cpp.ENV_VAR, "compiled")  # GRU has no compiled kernel: it keeps its own
+    assert build("GRU").kernel_for(randn(1, 2, M)) == "cpp" and kernel_for("lstm", "cpu") == "compiled"
+
+
+def test_print_names_the_variant_and_its_switches() -> None:
+    text = str(build("NIG", num_layers=2))
+    assert "variant=NIG, num_layers=2" in text
+    assert "LSTMLayer(NIG (no input gate), 3 -> 4, input_gate=False, forget_gate=gate" in text
+    assert "gate_recurrence=False" in text
+    assert "GRULayer(GRU (gated recurrent unit" in str(build("GRU"))
 
 
 @pytest.mark.parametrize("variant", ["V", "CIFG", "FGR"])
@@ -636,65 +618,24 @@ def gru_inputs(dtype: torch.dtype, steps: int = 7, batch: int = 3, n: int = 37) 
     return tuple(t.to(dtype).requires_grad_(True) for t in (xp, w, b_hn, h0))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_cpp_gru_kernel_equals_torchscript_kernel(dtype: torch.dtype, kernel_calls, monkeypatch) -> None:
-    """`cells_cpp.gru_cpp` equals the TorchScript kernel of `cells_gru_fused.gru_fused`: same states and
-    gradients."""
-    from sweep.cells_gru_fused import gru_fused
-
-    monkeypatch.setenv(cells_cpp.ENV_VAR, "script")  # gru_fused's own path; gru_cpp is called directly
-    inputs = gru_inputs(dtype)
-    results = []
-    for fn in (gru_fused, cells_cpp.gru_cpp):
-        y = fn(*inputs)
-        weights = torch.randn(y.shape, generator=torch.Generator().manual_seed(5)).to(dtype)
-        results.append((y, *torch.autograd.grad((y * weights).sum(), inputs)))
-    assert kernel_calls == ["gru_forward", "gru_backward"]
-    assert_close(results[1], results[0], tol=2e-5 if dtype == torch.float32 else 1e-10)
-
-
 def test_cpp_gru_kernel_gradcheck_and_torch_gru(kernel_calls) -> None:
-    assert torch.autograd.gradcheck(cells_cpp.gru_cpp, gru_inputs(DT, 3, 2, N), eps=1e-6, atol=1e-6)
+    assert torch.autograd.gradcheck(gru_cpp, gru_inputs(DT, 3, 2, N), eps=1e-6, atol=1e-6)
     torch.manual_seed(0)
     ref = torch.nn.GRU(M, N).to(DT)  # time-major, like the kernel
     x, h0 = randn(5, 2, M), randn(1, 2, N, seed=4)
     xp = torch.nn.functional.linear(x, ref.weight_ih_l0, ref.bias_ih_l0)
     xp = xp + torch.cat([ref.bias_hh_l0[: 2 * N], torch.zeros(N, dtype=DT)])
-    y = cells_cpp.gru_cpp(xp, ref.weight_hh_l0, ref.bias_hh_l0[2 * N :], h0[0])
+    y = gru_cpp(xp, ref.weight_hh_l0, ref.bias_hh_l0[2 * N :], h0[0])
     assert_close(y, ref(x, h0)[0])
 
 
-def pseudo_inputs(dtype: torch.dtype, steps: int = 7, batch: int = 3, n: int = 37) -> tuple:
-    gen = torch.Generator().manual_seed(0)
-    xp = torch.randn(steps, batch, 4 * n, generator=gen)
-    w_r, w_o = torch.randn(3 * n, n, generator=gen) * 0.3, torch.randn(n, n, generator=gen) * 0.3
-    s0 = torch.randn(batch, n, generator=gen)
-    return tuple(t.to(dtype).requires_grad_(True) for t in (xp, w_r, w_o, s0))
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("state_loss", [False, True])
-def test_cpp_pseudo_kernel_equals_torchscript_kernel(
-    dtype, state_loss: bool, kernel_calls, monkeypatch
-) -> None:
-    """`cells_cpp.pseudo_cpp` equals the TorchScript kernel of `cells_pseudo_fused.pseudo_fused` (with or
-    without a gradient reaching the states)."""
-    from sweep.cells_pseudo_fused import pseudo_fused
-
-    monkeypatch.setenv(cells_cpp.ENV_VAR, "script")
-    inputs = pseudo_inputs(dtype)
-    results = []
-    for fn in (pseudo_fused, cells_cpp.pseudo_cpp):
-        y, s = fn(*inputs)
-        weights = torch.randn(y.shape, generator=torch.Generator().manual_seed(5)).to(dtype)
-        loss = (y * weights).sum() + ((s[-1] ** 2).sum() if state_loss else 0)
-        results.append((y, s, *torch.autograd.grad(loss, inputs)))
-    assert kernel_calls == ["plstm_forward", "plstm_backward"]
-    assert_close(results[1], results[0], tol=2e-5 if dtype == torch.float32 else 1e-10)
-
-
 def test_cpp_pseudo_kernel_gradcheck(kernel_calls) -> None:
-    assert torch.autograd.gradcheck(cells_cpp.pseudo_cpp, pseudo_inputs(DT, 3, 2, N), eps=1e-6, atol=1e-6)
+    gen = torch.Generator().manual_seed(0)
+    xp = torch.randn(3, 2, 4 * N, generator=gen)
+    w_r, w_o = torch.randn(3 * N, N, generator=gen) * 0.3, torch.randn(N, N, generator=gen) * 0.3
+    s0 = torch.randn(2, N, generator=gen)
+    inputs = tuple(t.to(DT).requires_grad_(True) for t in (xp, w_r, w_o, s0))
+    assert torch.autograd.gradcheck(pseudo_cpp, inputs, eps=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize(("variant", "kernel"), [("GRU", "gru_forward"), ("PLSTM", "plstm_forward")])
@@ -704,3 +645,185 @@ def test_gru_and_plstm_layers_run_on_the_cpp_kernel(variant: str, kernel: str, k
     y, _ = layer(torch.randn(2, 6, 5), torch.tensor([6, 3]))
     y.sum().backward()
     assert kernel in kernel_calls
+
+
+# ------------------------------------------------------ property test: every switch combination x kernel
+
+LEGAL_SPECS = list(legal_lstm_specs())
+
+
+def spec_name(spec: LSTMSpec) -> str:
+    off = [k for k, v in spec.switches().items() if v is False and k != "gate_recurrence"]
+    fgr = "-FGR" if spec.gate_recurrence else ""
+    return f"f={spec.forget_gate}" + "".join(f"-no_{k}" for k in off) + fgr
+
+
+def kernels_to_check(model) -> list[str]:
+    """Every kernel of the layer that runs on this machine, besides the reference it is checked against.
+    `compiled` runs its graph capture (dynamo + AOTAutograd, backend aot_eager): inductor's code
+    generation per combination would take minutes (test_compiled_path_with_inductor covers it)."""
+    cpu = torch.device("cpu")
+    return [k for k in model.layers[0].implemented if k != "reference" and can_run(k, cpu, DT)]
+
+
+def check_against_reference(variant: Variant, kernel: str, monkeypatch) -> None:
+    torch.manual_seed(0)
+    model = make_recurrent(variant, 2, 3, forget_bias=0.5, init_scale=0.5).to(DT)
+    if kernel == "compiled":
+        aot = CompiledStep(model.layers[0].make_step(), backend="aot_eager")
+        monkeypatch.setattr(type(model.layers[0]), "compiled_step", lambda self: aot)
+    x, lengths = randn(3, 4, 2), torch.tensor([4, 1, 3])  # ragged
+    state = tuple(randn(1, 3, k, seed=2 + j) * 0.5 for j, k in enumerate(model.state_sizes))
+    got = run_and_grad(model.set_kernel(kernel), x, lengths, state)
+    expected = run_and_grad(model.set_kernel("reference"), x, lengths, state)
+    assert_close(got, expected)
+    if kernel == "compiled":
+        assert not aot.failed  # it really ran through dynamo, not the eager fallback
+
+
+@pytest.mark.parametrize("spec", LEGAL_SPECS, ids=spec_name)
+def test_every_switch_combination_on_every_kernel_equals_the_reference(spec: LSTMSpec, monkeypatch) -> None:
+    """Outputs, final states and all gradients (inputs, initial state, parameters), ragged lengths,
+    float64, against the reference step; parameter counts against the registry's formula."""
+    variant = Variant("X", "lstm", "custom", spec)
+    model = make_recurrent(variant, 2, 3)
+    assert model.num_parameters() == variant.num_parameters(2, 3)
+    kernels = kernels_to_check(model)
+    assert "cpp" in kernels and "compiled" in kernels
+    for kernel in kernels:
+        check_against_reference(variant, kernel, monkeypatch)
+
+
+@pytest.mark.parametrize("name", ["GRU", "PLSTM"])
+def test_gru_and_plstm_kernels_equal_the_reference(name: str, monkeypatch) -> None:
+    for kernel in kernels_to_check(make_recurrent(name, 2, 3)):
+        check_against_reference(REGISTRY[name], kernel, monkeypatch)
+
+
+def test_no_input_and_no_forget_gate_adds_the_block_input() -> None:
+    """i = f = 1: c_t = c_(t-1) + g(z_bar), not c_(t-1) + g(z_bar)^2 (a bug of the TorchScript kernels)."""
+    variant = custom_variant("NIG-NFG", {"input_gate": False, "forget_gate": "none"})
+    model = make_recurrent(variant, M, N).to(DT)
+    p = layer_params(model)
+    x, (h0, c0) = randn(2, 3, M), rand_state(model, 2)
+    h, c = h0[0], c0[0]
+    for t in range(3):
+        pre = x[:, t] @ p["weight_ih"].t() + h @ p["weight_hh"].t() + p["bias"]
+        z, o_bar = pre.split(N, 1)  # the blocks are z, o
+        c = c + torch.tanh(z)
+        h = torch.tanh(c) * torch.sigmoid(o_bar + p["peephole"][0] * c)
+    for kernel in kernels_to_check(model) + ["reference"]:
+        if kernel != "compiled":
+            _, (h_end, c_end) = model.set_kernel(kernel)(x, None, (h0, c0))
+            assert_close((h_end[0], c_end[0]), (h, c))
+
+
+def test_compiled_step_falls_back_to_eager(monkeypatch, caplog) -> None:
+    """Where torch.compile cannot compile (no compiler for its backend), the step runs eagerly."""
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler\nfound")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    monkeypatch.setattr(CompiledStep, "_warned", False)
+    model = build("FGR")
+    step = CompiledStep(model.layers[0].make_step())
+    monkeypatch.setattr(type(model.layers[0]), "compiled_step", lambda self: step)
+    x, lengths, state = randn(2, 4, M), torch.tensor([4, 2]), rand_state(model, 2)
+    with caplog.at_level("WARNING", logger="sweep.cells_base"):
+        got = run_and_grad(model.set_kernel("compiled"), x, lengths, state)
+        run_and_grad(model, x, lengths, state)
+    assert step.failed and caplog.text.count("torch.compile is unavailable (no C++ compiler found)") == 1
+    assert_close(got, run_and_grad(model.set_kernel("reference"), x, lengths, state))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_compiled_path_with_inductor() -> None:
+    """The CUDA path's code on the CPU through torch.compile's default backend (inductor: C++ codegen),
+    for FGR (every gate, peepholes, gate recurrence) with ragged lengths."""
+    model = build("FGR").set_kernel("compiled")
+    x, lengths, state = randn(3, 4, M), torch.tensor([4, 1, 3]), rand_state(model, 3)
+    got = run_and_grad(model, x, lengths, state)
+    step = model.layers[0].compiled_step()
+    assert step.compiled is not None and not step.failed
+    assert_close(got, run_and_grad(model.set_kernel("reference"), x, lengths, state))
+
+
+# ------------------------------------------------------------------------ custom variants in a study spec
+
+
+def spec_with(custom: dict, variants: object = None) -> dict:
+    data = {"name": "s", "dataset": {"name": "synthetic"}, "trials_per_variant": 1, "custom_variants": custom}
+    if variants is not None:
+        data["variants"] = variants
+    return data
+
+
+def test_custom_variants_join_the_papers_nine_and_train() -> None:
+    spec = parse_spec(spec_with({"NIG-NOG": {"input_gate": False, "output_gate": False}}))
+    assert spec.variants == (*GREFF_VARIANTS, "NIG-NOG")
+    switches = spec.custom_variants["NIG-NOG"]
+    assert switches == LSTMSpec(input_gate=False, output_gate=False).switches()  # stored in full
+    assert parse_spec(spec.normalised(), stored=True) == spec
+    model = SequenceModel(TrainConfig("NIG-NOG", 4, 0.1, switches=switches).cell(), M, N, 2)
+    assert "NIG-NOG (custom LSTM variant)" in str(model) and "input_gate=False" in str(model)
+    assert model.recurrent.layers[0].spec.gates == ("f", "z")
+
+
+def test_a_trial_of_a_custom_variant_trains_it() -> None:
+    """The worker's objective hands the spec's switches to training: the trial trains the custom cell."""
+    from sweep.datasets import load_dataset
+    from sweep.objective import TrialContext, train_config
+    from sweep.training import train
+
+    spec = parse_spec(spec_with({"CIFG-NP": {"forget_gate": "coupled", "peepholes": False}}))
+    params = {"learning_rate": 1e-2, "hidden_size": 6, "momentum": 0.5, "forget_bias": 1.0}
+    ctx = TrialContext("sqlite://", "s", spec, 9, 9, "CIFG-NP", params, 0, "cpu")
+    config = train_config(ctx)
+    config.max_epochs, config.batch_size = 1, 8
+    result = train(config, load_dataset("synthetic", n_train=16, n_valid=8, n_test=8))
+    definition = config.cell()
+    assert definition.lstm == LSTMSpec(forget_gate="coupled", peepholes=False)
+    dataset = load_dataset("synthetic", n_train=16, n_valid=8, n_test=8)
+    head = 6 * dataset.output_size + dataset.output_size
+    assert result.n_params == definition.num_parameters(dataset.input_size, 6) + head
+    assert result.epochs == 1 and math.isfinite(result.best_valid)
+
+
+@pytest.mark.parametrize(
+    ("custom", "variants", "message"),
+    [
+        ({"X": {"input_gate": False, "forget_gate": "coupled"}}, None, "'X': forget_gate = 'coupled'"),
+        ({"X": {"output_gate": False, "gate_recurrence": True}}, None, "gate_recurrence .* needs all three"),
+        ({"X": {"peepholes": "yes"}}, None, "switch peepholes must be true or false"),
+        ({"X": {"forget_gate": "half"}}, None, "forget_gate must be one of gate, coupled, none"),
+        ({"X": {"cell_clip": 3}}, None, "unknown switch 'cell_clip'"),
+        ({"NP": {"peepholes": False}}, None, "'NP' clashes with a built-in variant"),
+        ({"9X": {}}, None, "must start with a letter"),
+        ({"X": {}}, ["V"], "does not list the custom variant 'X'"),
+        ({}, ["V", "Y"], "unknown variant 'Y'"),
+    ],
+)
+def test_invalid_custom_variants_get_a_one_line_error(custom, variants, message) -> None:
+    with pytest.raises(OdysseyError, match=message) as info:
+        parse_spec(spec_with(custom, variants), "study.toml")
+    assert "\n" not in str(info.value) and str(info.value).startswith("spec study.toml: ")
+
+
+def test_study_create_rejects_an_invalid_combination(tmp_path: Path) -> None:
+    spec = tmp_path / "study.toml"
+    spec.write_text(
+        'name = "s"\ntrials_per_variant = 1\nvariants = ["V", "NIG-CIFG"]\n[dataset]\nname = "synthetic"\n'
+        '[custom_variants.NIG-CIFG]\ninput_gate = false\nforget_gate = "coupled"\n'
+    )
+    db = tmp_path / "o.db"
+    result = subprocess.run(
+        [sys.executable, "-m", "sweep.cli", "study", "create", str(spec), "--storage", f"sqlite:///{db}"],
+        capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1],
+    )  # fmt: skip
+    assert result.returncode == 1 and not db.exists()
+    assert result.stderr.strip().splitlines() == [
+        f"error: spec {spec}: custom_variants: custom variant 'NIG-CIFG': "
+        "forget_gate = 'coupled' (f = 1 - i) needs the input gate"
+    ]

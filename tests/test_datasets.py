@@ -13,8 +13,8 @@ import torch
 from storage.errors import OdysseyError
 from sweep.datasets import Batch, SequenceSplit, StreamSplit, load_dataset
 from sweep.datasets_music import frequency_baseline, from_chorales
+from tests.shared import shared_path
 
-SHARED = Path("/work/shared/data")
 torch.set_num_threads(1)
 
 
@@ -39,7 +39,7 @@ def test_jsb_packaged_copy_matches_the_paper_splits():
     data = load_dataset("jsb")
     assert (len(data.train), len(data.valid), len(data.test)) == (229, 76, 77)
     assert (data.input_size, data.output_size, data.metric) == (88, 88, "nll")
-    shared = json.loads((SHARED / "jsb_chorales.json").read_text())["splits"]
+    shared = json.loads((shared_path("data") / "jsb_chorales.json").read_text())["splits"]
     # the packaged copy holds exactly the shared data: same number of predicted frames per split
     for split in ("train", "valid", "test"):
         assert data.split(split).n_targets == sum(len(c) - 1 for c in shared[split])
@@ -160,23 +160,24 @@ def test_stream_rows_keep_every_token_in_order():
 @pytest.fixture
 def ptb_dir(tmp_path):
     # the training file is not shipped: the validation text stands in for it
-    text = (SHARED / "ptb.valid.txt").read_text()
+    text = (shared_path("data") / "ptb.valid.txt").read_text()
     (tmp_path / "ptb.train.txt").write_text(text)
     (tmp_path / "ptb.valid.txt").write_text(text)
-    (tmp_path / "ptb.test.txt").write_text((SHARED / "ptb.test.txt").read_text())
+    (tmp_path / "ptb.test.txt").write_text((shared_path("data") / "ptb.test.txt").read_text())
     return tmp_path
 
 
 def test_ptb_vocabulary_eos_and_unk(ptb_dir):
     data = load_dataset("ptb", path=ptb_dir)
-    lines = (SHARED / "ptb.valid.txt").read_text().splitlines()
+    lines = (shared_path("data") / "ptb.valid.txt").read_text().splitlines()
     words = {w for line in lines for w in line.split()}
     assert data.vocab_size == len(words | {"<eos>", "<unk>"}) == data.input_size == data.output_size
     assert data.metric == "perplexity"
     assert len(data.train) == sum(len(line.split()) + 1 for line in lines)
     eos = data.vocab.index("<eos>")
     assert int((data.train.tokens == eos).sum()) == len(lines)
-    test_words = [w for line in (SHARED / "ptb.test.txt").read_text().splitlines() for w in line.split()]
+    test_text = (shared_path("data") / "ptb.test.txt").read_text()
+    test_words = [w for line in test_text.splitlines() for w in line.split()]
     unseen = sum(w not in words for w in test_words)
     unk = data.vocab.index("<unk>")
     assert unseen > 0
@@ -227,7 +228,7 @@ def test_char_splits_by_position_and_bpc(tmp_path):
 
 
 def test_char_tinyshakespeare_and_bad_inputs(tmp_path):
-    data = load_dataset("char", path=SHARED / "tinyshakespeare.txt", max_chars=10_000)
+    data = load_dataset("char", path=shared_path("data") / "tinyshakespeare.txt", max_chars=10_000)
     assert len(data.train) + len(data.valid) + len(data.test) == 10_000
     with pytest.raises(OdysseyError, match="too short"):
         (tmp_path / "short.txt").write_text("abc")
@@ -236,7 +237,7 @@ def test_char_tinyshakespeare_and_bad_inputs(tmp_path):
         load_dataset("char", path=tmp_path / "absent.txt")
     for split in [(0.5, 0.2, 0.2), ("a", "b", "c"), (1.0,)]:
         with pytest.raises(OdysseyError, match="summing to 1"):
-            load_dataset("char", path=SHARED / "tinyshakespeare.txt", split=split)
+            load_dataset("char", path=shared_path("data") / "tinyshakespeare.txt", split=split)
 
 
 # --- synthetic and the registry -------------------------------------------------------------------------

@@ -192,7 +192,8 @@ def example_env(**overrides: str) -> dict[str, str]:
     """The environment a user gets from `cp .env.example .env` and setting the required values."""
     env, _ = env_example()
     env = {k: v for k, v in env.items() if not k.startswith("COMPOSE_")}
-    env.update(POSTGRES_PASSWORD="s3cret-Pw", ODYSSEY_STORAGE="postgresql+psycopg://odyssey@db.internal/odyssey")
+    env.update(POSTGRES_PASSWORD="s3cret-Pw", ODYSSEY_APP_PASSWORD="app-Pw-2",
+               ODYSSEY_READER_PASSWORD="rd-Pw-3", ODYSSEY_STORAGE="postgresql+psycopg://odyssey@db.internal/odyssey")
     env.update(overrides)
     return env
 
@@ -394,8 +395,14 @@ def test_odyssey_services_wait_for_a_healthy_database_and_reach_it_by_name() -> 
             assert svc["depends_on"]["db-init"]["condition"] == "service_completed_successfully", name
         url = interpolate_text(svc["environment"]["ODYSSEY_STORAGE"], example_env())
         assert url.startswith("postgresql+psycopg://") and f"@postgres:{pg_port}/" in url, url
-        assert "s3cret-Pw" not in url, "the password must not be part of the URL"
-        assert interpolate_text(svc["environment"]["PGPASSWORD"], example_env()) == "s3cret-Pw"
+        assert "Pw" not in url, "the password must not be part of the URL"
+        # Only db-init is the superuser; the others are the unprivileged application role (issue 10).
+        user, password = ("odyssey", "s3cret-Pw") if name == "db-init" else ("odyssey_app", "app-Pw-2")
+        assert url.startswith(f"postgresql+psycopg://{user}@"), url
+        assert interpolate_text(svc["environment"]["PGPASSWORD"], example_env()) == password
+        query_url = interpolate_text(svc["environment"]["ODYSSEY_QUERY_STORAGE"], example_env())
+        assert query_url.startswith("postgresql+psycopg://odyssey_reader@postgres:")
+        assert interpolate_text(svc["environment"]["ODYSSEY_QUERY_PASSWORD"], example_env()) == "rd-Pw-3"
 
 
 @pytest.mark.parametrize("name", (BASE, WORKERS))
@@ -631,7 +638,8 @@ def test_runtime_runs_odyssey_as_a_non_root_user(dockerfile: Parsed) -> None:
     assert users and users[-1].args == "${APP_UID}:${APP_GID}"
     args = dict(i.args.split("=", 1) for i in runtime.find("ARG"))
     assert args["APP_UID"] == args["APP_GID"] == "1000", "by default the final stage drops root"
-    assert users[-1].line > max(i.line for i in runtime.find("RUN")), "no RUN as root after USER"
+    after = [i.args for i in runtime.find("RUN") if i.line > users[-1].line]
+    assert after == ["odyssey kernels --require"], "after USER, only the check that runs as the app user"
     # A uid the base image has already (0 when the host user is root) is used as it is: `useradd --uid 0`
     # would fail the build ("UID 0 is not unique").
     (create,) = [i.args for i in runtime.find("RUN") if "useradd" in i.args]
@@ -646,10 +654,13 @@ def test_runtime_runs_odyssey_as_a_non_root_user(dockerfile: Parsed) -> None:
 
 def test_image_ships_the_prebuilt_cell_kernels_without_a_compiler(dockerfile: Parsed) -> None:
     """Workers must not compile (or fall back to the slower kernels) at start: the builder builds the C++
-    kernels into TORCH_EXTENSIONS_DIR and the runtime copies them, owned by the app user."""
+    kernels into TORCH_EXTENSIONS_DIR, the runtime copies them, owned by the app user, and the image build
+    fails unless the app user loads them there without a compiler."""
     _, stages = dockerfile
     builder, runtime = stages[0], stages[-1]
-    assert any("cells_cpp.load(required=True)" in i.args for i in builder.find("RUN"))
+    assert any(i.args.endswith("&& odyssey kernels --require") for i in builder.find("RUN"))
+    assert runtime.find("RUN")[-1].args == "odyssey kernels --require"
+    assert runtime.find("RUN")[-1].line > runtime.find("USER")[-1].line
     for stage in (builder, runtime):
         envs = [i.args for i in stage.find("ENV")]
         assert any("TORCH_EXTENSIONS_DIR=/opt/torch_extensions" in e for e in envs), stage.name
@@ -966,6 +977,7 @@ def test_dashboard_command_serves_the_study_database(local: Local, tmp_path: Pat
     argv = service_command(dashboard, image_entrypoint())
     port = free_port()
     argv[argv.index("--port") + 1] = str(port)
+    assert run_db_init(local).returncode == 0  # as `up` does: the dashboard's role gets the tables
     optuna.create_study(study_name="visible-in-dashboard", storage=_with_password(local))
     proc = local.start(dashboard, argv, tmp_path / "dashboard.log")
     try:

@@ -13,7 +13,9 @@ import pytest
 from analysis.fanova import Fanova
 from storage.errors import OdysseyError
 
-REF = Path("/work/shared/fanova-ref")
+# The shared material sits beside the checkout (../shared, as in CI); a worktree elsewhere uses /work/shared.
+_REF_PLACES = (Path(__file__).resolve().parents[2] / "shared" / "fanova-ref", Path("/work/shared/fanova-ref"))
+REF = next((p for p in _REF_PLACES if p.is_dir()), None)
 SEEDS = ("", "_seed2", "_seed3")
 
 
@@ -37,8 +39,8 @@ def _resolved_order(ref: dict[str, np.ndarray]) -> list[tuple[str, str]]:
 
 @pytest.fixture(scope="module", params=["synthetic_additive", "synthetic_interaction"])
 def reference_case(request):
-    if not REF.is_dir():
-        pytest.skip("shared fANOVA reference data not present")
+    if REF is None:
+        pytest.fail("the shared fANOVA reference data (../shared/fanova-ref beside the checkout) is missing")
     X, y, bounds, runs = _reference(request.param)
     return Fanova(X, y, bounds=bounds, seed=0), X, y, runs
 
@@ -96,7 +98,7 @@ def test_single_tree_decomposition_is_exact():
         mids.append((edges[:-1] + edges[1:]) / 2)
         widths.append(np.diff(edges))
     grid = np.stack(np.meshgrid(*mids, indexing="ij"), axis=-1)
-    pred = f.forest.predict(grid.reshape(-1, 3)).reshape(grid.shape[:3])
+    pred = f.forest.predict(grid.reshape(-1, 3)).reshape(grid.shape[:3]) * f.target_scale + f.target_offset
     w = widths[0][:, None, None] * widths[1][None, :, None] * widths[2][None, None, :]
     mean = (w * pred).sum()
     total = (w * (pred - mean) ** 2).sum()
@@ -125,6 +127,8 @@ def test_main_effects_equal_optunas_on_the_same_forest():
     optuna = pytest.importorskip("optuna")
     X = _uniform(150, 3, 2)
     y = (X.x0 - 0.3) ** 2 + 0.5 * X.x1 * X.x2
+    # Our forest is fitted on the standardised target (rounded to 1e-9): give Optuna's the same one.
+    y = ((y - y.mean()) / y.std(ddof=0)).round(9)
     dists = {c: optuna.distributions.FloatDistribution(0.0, 1.0) for c in X}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study()
@@ -140,6 +144,74 @@ def test_main_effects_equal_optunas_on_the_same_forest():
     main = ours.main_effects().set_index("param")["fraction"]
     for p in X.columns:
         assert main[p] == pytest.approx(theirs[p], abs=1e-9)
+
+
+# ---------------------------------------------------------------------------- scale and offset of y
+@pytest.mark.parametrize(
+    ("name", "forward", "back"),
+    [("times 1e-12", lambda y: y * 1e-12, lambda m: m / 1e-12),
+     ("times 1e12", lambda y: y * 1e12, lambda m: m / 1e12),
+     ("plus 1e9", lambda y: y + 1e9, lambda m: m - 1e9)],
+    ids=lambda v: v if isinstance(v, str) else "",
+)  # fmt: skip
+def test_results_do_not_depend_on_the_targets_scale_or_offset(name, forward, back):
+    X = _uniform(300, 3, 21)
+    y = (3 * np.sin(6 * X.x0) + X.x1**2 + 4 * (X.x0 - 0.5) * (X.x2 - 0.5)).to_numpy()
+    y = y + np.random.default_rng(21).normal(0, 0.1, 300)
+    base, moved = Fanova(X, y, n_trees=16), Fanova(X, forward(y), n_trees=16)
+    # A scale changes nothing at all; an offset of 1e9 rounds the data itself (to 1e-7), which may
+    # break a few exact ties between splits differently.
+    tol = 0.0 if name.startswith("times") else 0.01
+    pd.testing.assert_frame_equal(moved.main_effects(), base.main_effects(), atol=tol, rtol=0)
+    pd.testing.assert_frame_equal(moved.interactions(), base.interactions(), atol=tol, rtol=0)
+    pd.testing.assert_frame_equal(moved.decomposition(), base.decomposition(), atol=tol, rtol=0)
+    # Marginals come back in the target's own units.
+    spread = np.ptp(y)
+    ours, theirs = moved.marginal("x0", grid=11), base.marginal("x0", grid=11)
+    np.testing.assert_allclose(back(ours["mean"]), theirs["mean"], atol=0.02 * spread, rtol=0)
+    np.testing.assert_allclose(back(ours["std"] + ours["mean"]) - back(ours["mean"]), theirs["std"],
+                               atol=0.02 * spread, rtol=0)  # fmt: skip
+    surface, reference = moved.marginal_2d("x0", "x2", grid=6), base.marginal_2d("x0", "x2", grid=6)
+    np.testing.assert_allclose(back(surface["mean"]), reference["mean"], atol=0.02 * spread, rtol=0)
+    inter = back(surface["interaction"] + surface["mean"]) - back(surface["mean"])
+    np.testing.assert_allclose(inter, reference["interaction"], atol=0.02 * spread, rtol=0)
+    assert moved.total_variance == pytest.approx(base.total_variance * (forward(2.0) - forward(1.0)) ** 2,
+                                                 rel=0.05)  # fmt: skip
+
+
+def test_a_tiny_spread_is_not_mistaken_for_a_constant_target():
+    # An error rate scaled by 1e-9: a variance of about 1e-19, far below float noise of a unit target.
+    X = _uniform(200, 3, 22)
+    y = 1e-9 * (0.2 + 0.1 * X.x0 + 0.01 * X.x1)
+    assert np.var(y) < 2e-16
+    f = Fanova(X, y, n_trees=8)
+    main = f.main_effects().set_index("param")["fraction"]
+    assert main["x0"] > 0.8 and main["x0"] > main["x1"] > main["x2"]
+    assert f.marginal("x0", grid=3)["mean"].between(0.19e-9, 0.32e-9).all()
+
+
+def test_decomposition_sums_to_one_with_spread_across_trees():
+    X = _uniform(120, 3, 23)
+    y = X.x0 + (X.x1 - 0.5) * (X.x2 - 0.5) * 6
+    f = Fanova(X, y, n_trees=16)
+    parts = f.decomposition().set_index("component")
+    assert list(parts.index) == ["x0", "x1", "x2", "pairwise", "higher order"]
+    assert parts["fraction"].sum() == pytest.approx(1.0)
+    main = f.main_effects().set_index("param")
+    assert parts.loc["x0", "fraction"] == pytest.approx(main.loc["x0", "fraction"])
+    assert parts.loc["x0", "std"] == pytest.approx(main.loc["x0", "std"])
+    assert parts.loc["pairwise", "fraction"] == pytest.approx(f.interactions()["fraction"].sum())
+    assert parts.loc["higher order", "fraction"] == pytest.approx(f.higher_order())
+    assert (parts["std"] > 0).all()  # 120 noisy points: the trees disagree a little
+
+
+def test_constant_values_are_written_as_numbers_not_numpy_reprs():
+    X = _uniform(40, 2, 24).assign(fixed=np.float64(5.0))
+    f = Fanova(X, X.x0 + X.x1, n_trees=2)
+    assert f.notes == ["input 'fixed' is constant (5) and was left out"]
+    with pytest.raises(OdysseyError) as err:
+        Fanova(X, np.full(40, np.float64(5.0)))
+    assert "np.float64" not in str(err.value) and "(5)" in str(err.value)
 
 
 # --------------------------------------------------------------------------------- known structure

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -22,16 +25,19 @@ SPEC = {"dataset": "jsb", "space": {"learning_rate": {"low": 1e-6, "high": 1e-2}
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def filled(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A results database (SQLite file or fresh PostgreSQL) holding study 'demo' with two trials.
+    """A results database (SQLite file or fresh PostgreSQL) holding study 'demo' with two trials; the URL
+    queries use (on PostgreSQL the read-only role of the compose set-up; the data is written as the
+    application role).
 
     Shared by the module's tests: none of them may change it (that is what they check).
     """
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('query') / 'results.db'}"
+        url = reader = f"sqlite:///{tmp_path_factory.mktemp('query') / 'results.db'}"
     else:
         server = request.getfixturevalue("pg_server")
         server.start()
-        url = server.create_database()
+        admin = server.create_database()
+        url, reader = request.getfixturevalue("compose_roles")(admin)
     results.register_study(url, "demo", SPEC)
     results.record_designed_trials(url, "demo", [
         {"slot": 0, "variant": "V", "seed": 1, "params": {"learning_rate": 1e-3, "momentum": 0.9}},
@@ -41,10 +47,11 @@ def filled(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     results.record_epoch(url, "demo", 0, 1, 1.0, 2.0, 3.0, 0.1)
     results.record_trial_finished(url, "demo", 0, "complete",
                                   {"best_valid": 2.0, "best_test": 3.0, "epochs": 1, "n_params": 42})
-    yield url
+    yield reader
     dispose_engine(url)
+    dispose_engine(reader)
     if request.param == "postgres":
-        server.drop_database(url)
+        server.drop_database(admin)
 
 
 def _snapshot(url: str) -> dict[str, str]:
@@ -197,3 +204,176 @@ def test_cli_query_entry_point_succeeds_without_importing_torch(sqlite_url: str)
     done = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["name", "demo", "torch loaded: False"]
+
+
+# ----------------------------------------------------------------------- nothing anywhere (issue 10)
+
+
+def test_duplicate_column_names_are_shown(filled: str, capsys: pytest.CaptureFixture[str]) -> None:
+    sql = "SELECT state, count(*), count(DISTINCT slot) FROM odyssey_trials GROUP BY state ORDER BY state"
+    frame = run_readonly(filled, sql)
+    assert list(frame.columns)[1:] in (["count", "count_2"], ["count(*)", "count(DISTINCT slot)"])
+    same = run_readonly(filled, "SELECT slot AS x, variant AS x, seed AS x FROM odyssey_trials ORDER BY slot")
+    assert list(same.columns) == ["x", "x_2", "x_3"] and same["x_2"].tolist() == ["V", "NFG"]
+    for fmt in ("table", "csv", "json"):
+        code, out, err = _cli(["query", sql.replace("DISTINCT slot", "*"), "--storage", filled,
+                               "--format", fmt], capsys)
+        assert code == 0 and "complete" in out and "Traceback" not in err, err
+
+
+@pytest.fixture
+def sqlite_db(sqlite_url: str, tmp_path) -> str:
+    results.register_study(sqlite_url, "demo", SPEC)
+    dispose_engine(sqlite_url)
+    return sqlite_url
+
+
+def _files(folder) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+@pytest.mark.parametrize("sql", ["ATTACH DATABASE '{new}' AS x", "VACUUM INTO '{new}'", "VACUUM",
+                                 "ATTACH DATABASE 'file:{new}?mode=rwc' AS x"])
+def test_sqlite_query_creates_no_file_anywhere(sqlite_db: str, tmp_path, sql: str) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    new = elsewhere / "new.db"
+    before = _files(tmp_path)
+    with pytest.raises(OdysseyError) as info:
+        run_readonly(sqlite_db, sql.format(new=new))
+    assert str(info.value).startswith("query refused: ATTACH, DETACH and VACUUM are refused")
+    assert not new.exists() and _files(elsewhere) == [] and _files(tmp_path) == before
+
+
+@pytest.mark.parametrize("sql", ["PRAGMA journal_mode = DELETE", "PRAGMA journal_mode=WAL",
+                                 "PRAGMA query_only = 0", "PRAGMA user_version = 7",
+                                 "PRAGMA wal_checkpoint(TRUNCATE)", "PRAGMA optimize"])
+def test_sqlite_pragmas_that_set_are_refused_in_one_line(sqlite_db: str, sql: str,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _cli(["query", sql, "--storage", sqlite_db], capsys)
+    assert code == 1 and out == "" and err.count("\n") == 1, err
+    assert err.startswith("error: query refused: PRAGMA ") and "disk I/O" not in err
+    assert run_readonly(sqlite_db, "PRAGMA user_version")["user_version"].tolist() == [0]
+    assert run_readonly(sqlite_db, "PRAGMA journal_mode")["journal_mode"].tolist() == ["wal"]
+
+
+def test_sqlite_reporting_pragmas_still_run(sqlite_db: str) -> None:
+    assert "study" in run_readonly(sqlite_db, "PRAGMA table_info(odyssey_trials)")["name"].tolist()
+    listed = run_readonly(sqlite_db, "SELECT name FROM pragma_table_info('odyssey_trials')")
+    assert "study" in listed["name"].tolist()
+    assert run_readonly(sqlite_db, "PRAGMA integrity_check").iloc[0, 0] == "ok"
+
+
+# PostgreSQL: statements that act on the server itself, which a READ ONLY transaction does not stop.
+def _server_actions(marker: str) -> list[str]:
+    return [f"COPY (SELECT 1) TO PROGRAM 'cat > {marker}'", f"COPY (SELECT 1) TO '{marker}'",
+            "SELECT pg_read_file('PG_VERSION')", "SELECT pg_reload_conf()",
+            "SELECT pg_ls_dir('.')", "SELECT lo_import('/etc/hostname')"]
+
+
+@pytest.fixture
+def marker() -> Iterator[Path]:
+    # In /tmp: the server may run as another OS user, which can write there.
+    path = Path(tempfile.gettempdir()) / f"odyssey-query-{uuid.uuid4().hex}"
+    yield path
+    path.unlink(missing_ok=True)
+
+
+@pytest.mark.postgres
+def test_postgres_query_refuses_a_superuser_before_running_anything(
+    pg_url: str, marker: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import psycopg
+
+    # The test server's role is a superuser, like the image's POSTGRES_USER: it can run programs there.
+    with psycopg.connect(pg_url.replace("postgresql+psycopg", "postgresql"), autocommit=True) as conn:
+        conn.execute(f"COPY (SELECT 1) TO PROGRAM 'cat > {marker}'")
+    assert marker.exists()
+    marker.unlink()
+    for sql in [*_server_actions(marker), "SELECT 1"]:
+        code, out, err = _cli(["query", sql, "--storage", pg_url], capsys)
+        assert code == 1 and out == "" and err.count("\n") == 1, err
+        assert err.startswith("error: query refused: role 'odyssey' is a superuser")
+        assert "$ODYSSEY_QUERY_STORAGE" in err and PASSWORD not in err
+    assert not marker.exists()
+
+
+@pytest.mark.postgres
+def test_postgres_query_refuses_members_of_server_roles(pg_server, pg_url: str, compose_roles) -> None:  # noqa: ANN001
+    from sqlalchemy.engine import make_url
+
+    _, reader = compose_roles(pg_url)
+    name = make_url(reader).username
+    for role in ("pg_execute_server_program", "pg_write_server_files", "pg_read_server_files",
+                 "pg_signal_backend"):
+        pg_server.admin(f'GRANT {role} TO "{name}"')
+        try:
+            with pytest.raises(OdysseyError, match=f"^query refused: role '{name}' is a member of {role},"):
+                run_readonly(reader, "SELECT 1")
+        finally:
+            pg_server.admin(f'REVOKE {role} FROM "{name}"')
+            dispose_engine(reader)
+    assert run_readonly(reader, "SELECT 1 AS one")["one"].tolist() == [1]
+
+
+@pytest.mark.postgres
+def test_db_init_hands_the_tables_to_an_unprivileged_application_role(
+    pg_url: str, compose_roles  # noqa: ANN001
+) -> None:
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    # A database initialised before the roles existed: its tables belong to the superuser.
+    from storage.engine import optuna_storage
+
+    optuna_storage(pg_url)
+    dispose_engine(pg_url)
+    compose_roles(pg_url)
+    app, reader = compose_roles(pg_url)  # twice: db-init runs at every `up`
+    admin = pg_url.replace("postgresql+psycopg", "postgresql")
+    with psycopg.connect(admin) as conn:
+        owners = conn.execute(
+            "SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public'").fetchall()
+        roles = dict(conn.execute(
+            "SELECT rolname, rolsuper OR rolcreaterole OR rolcreatedb OR rolbypassrls FROM pg_roles "
+            "WHERE rolname IN (%s, %s)", (make_url(app).username, make_url(reader).username)).fetchall())
+    assert owners == [(make_url(app).username,)]
+    assert roles == {make_url(app).username: False, make_url(reader).username: False}
+    results.register_study(app, "demo", SPEC)  # the application role works on its tables
+    assert run_readonly(reader, "SELECT count(*) AS n FROM odyssey_studies")["n"].tolist() == [1]
+    # The read-only role reads even outside `odyssey query`, and cannot write there either.
+    with psycopg.connect(reader.replace("postgresql+psycopg", "postgresql")) as conn:
+        assert conn.execute("SHOW default_transaction_read_only").fetchone() == ("on",)
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            conn.execute("DELETE FROM odyssey_studies")
+    dispose_engine(app)
+    dispose_engine(reader)
+
+
+@pytest.mark.postgres
+def test_postgres_compose_reader_cannot_act_on_the_server(pg_url: str, compose_roles, marker: Path,  # noqa: ANN001
+                                                          capsys, monkeypatch) -> None:  # noqa: ANN001
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    app, reader = compose_roles(pg_url)
+    parsed = make_url(reader)
+    # As `docker compose run --rm cli query ...` runs it: the reader's URL and password from the environment.
+    without_password = parsed.set(password=None).render_as_string(hide_password=False)
+    monkeypatch.setenv("ODYSSEY_QUERY_STORAGE", without_password)
+    monkeypatch.setenv("ODYSSEY_QUERY_PASSWORD", parsed.password)
+    monkeypatch.setenv("ODYSSEY_STORAGE", app)
+    for sql in _server_actions(marker):
+        code, out, err = _cli(["query", sql], capsys)
+        assert code == 1 and out == "" and err.count("\n") == 1, err
+        assert err.startswith("error: query refused: "), err
+        assert parsed.password not in err
+    assert not marker.exists()
+    # Another session (a worker's, as the application role) cannot be stopped from a query.
+    worker = make_url(app)
+    with psycopg.connect(host=worker.host, port=worker.port, user=worker.username, password=worker.password,
+                         dbname=worker.database) as session:
+        code, out, err = _cli(["query", f"SELECT pg_terminate_backend({session.info.backend_pid})"], capsys)
+        assert session.execute("SELECT 1").fetchone() == (1,)
+    assert code == 1 and out == "" and err.startswith("error: query refused: "), err
+    dispose_engine(reader)

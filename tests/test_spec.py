@@ -68,9 +68,37 @@ def test_normalised_form_round_trips() -> None:
         ({"dataset": {"name": "mnist"}}, "unknown dataset 'mnist' (known: jsb, ptb, char, synthetic)"),
         ({"dataset": {"name": "char"}}, "dataset.path is required"),
         ({"design": "grid"}, "design: input should be 'random', 'sobol' or 'tpe'"),
-        ({"training": {"max_epochs": 0}}, "training.max_epochs: input should be greater than or equal to 1"),
+        ({"training": {"max_epochs": 0}}, "training.max_epochs must be >= 1, got 0"),
         ({"trials_per_variant": 0}, "trials_per_variant"),
-        ({"desing": "sobol"}, "desing is not a known field"),
+        ({"desing": "sobol"}, "desing is not a known field (did you mean design?)"),
+        # The training rules of `odyssey train`, applied to every fixed value and range end (issue 10).
+        ({"space": {"input_noise": {"low": -0.1, "high": 0.5}}},
+         "space.input_noise.low must be >= 0, got -0.1"),
+        ({"space": {"input_noise": {"value": -1.0}}}, "space.input_noise.value must be >= 0, got -1.0"),
+        ({"space": {"learning_rate": {"scale": "linear", "low": -0.01, "high": 0.01}}},
+         "space.learning_rate.low must be a positive number, got -0.01"),
+        ({"space": {"momentum": {"scale": "linear", "low": 0.5, "high": 1.5}}},
+         "space.momentum.high must be in [0, 1), got 1.5"),
+        ({"space": {"momentum": {"value": 1.2}}}, "space.momentum.value must be in [0, 1), got 1.2"),
+        ({"space": {"num_layers": {"value": 0}}}, "space.num_layers.value must be >= 1, got 0"),
+        ({"training": {"num_layers": 0}}, "training.num_layers must be >= 1, got 0"),
+        ({"space": {"hidden_size": {"scale": "linear", "low": 0, "high": 50}}},
+         "space.hidden_size.low must be >= 1, got 0"),
+        ({"training": {"clip": 0.0}}, "training.clip must be a positive number, got 0.0"),
+        ({"space": {"clip": {"low": -1.0, "high": 5.0}}},
+         "space.clip.low must be a positive number, got -1.0"),
+        ({"training": {"init_scale": 0.0}}, "training.init_scale must be a positive number, got 0.0"),
+        ({"space": {"init_scale": {"value": -0.1}}},
+         "space.init_scale.value must be a positive number, got -0.1"),
+        ({"training": {"optimizer": "rmsprop"}},
+         "training.optimizer must be one of sgd, adam, got 'rmsprop'"),
+        ({"variants": []}, "variants: must name at least one variant"),
+        ({"space": {"learning_rat": {"low": 1e-4, "high": 1e-2}}},
+         "unknown hyperparameter 'learning_rat' (did you mean learning_rate?)"),
+        ({"space": {"momentum": {"hihg": 0.9}}},
+         "space.momentum.hihg is not a known field (did you mean high?)"),
+        ({"training": {"max_epoch": 5}},
+         "training.max_epoch is not a known field (did you mean max_epochs?)"),
     ],
 )
 def test_invalid_specs_name_the_field(change: dict[str, object], expected: str) -> None:
@@ -79,6 +107,30 @@ def test_invalid_specs_name_the_field(change: dict[str, object], expected: str) 
 
 def test_missing_required_field() -> None:
     assert "trials_per_variant is required" in _error({"name": "s", "dataset": {"name": "synthetic"}})
+
+
+def test_misspelt_key_is_named_with_the_nearest_known_one() -> None:
+    # Not "trials_per_variant is required": the unknown key is the user's mistake.
+    message = _error({"name": "s", "dataset": {"name": "synthetic"}, "trials_per_varient": 8})
+    assert message == ("spec x.toml: trials_per_varient is not a known field "
+                       "(did you mean trials_per_variant?)")
+
+
+def test_training_rules_are_the_ones_odyssey_train_applies() -> None:
+    # One rule set: the spec's message is TrainConfig.validate's, located in the spec.
+    from sweep.training import TrainConfig
+
+    with pytest.raises(OdysseyError) as train_error:
+        TrainConfig("V", 10, 1e-3, input_noise=-0.5).validate()
+    spec_error = _error(_spec(space={"input_noise": {"value": -0.5}}))
+    assert str(train_error.value) == "input_noise must be >= 0, got -0.5"
+    assert spec_error == "spec x.toml: space.input_noise.value must be >= 0, got -0.5"
+
+
+def test_stored_spec_is_not_checked_again() -> None:
+    # A stored spec passed at creation; reading it back (analysis, workers) must not import torch.
+    stored = parse_spec(_spec()).normalised()
+    assert parse_spec(stored, stored=True).training.init_scale == 0.1
 
 
 def test_load_spec_file_errors(tmp_path: Path) -> None:
@@ -111,8 +163,8 @@ def test_random_and_sobol_designs_cover_the_scales() -> None:
 def test_sobol_is_more_even_than_random() -> None:
     def spread(design: str) -> float:
         spec = parse_spec(_spec(design=design, trials_per_variant=32, seed=0,
-                                space={"learning_rate": {"scale": "linear", "low": 0.0, "high": 1.0}}))
-        xs = np.array([p["learning_rate"] for p in design_points(spec)])
+                                space={"input_noise": {"scale": "linear", "low": 0.0, "high": 1.0}}))
+        xs = np.array([p["input_noise"] for p in design_points(spec)])
         counts = np.histogram(xs, bins=8, range=(0, 1))[0]
         return float(counts.max() - counts.min())
 
@@ -143,3 +195,23 @@ def test_variant_shorthands() -> None:
     assert parse_spec(_spec(variants="greff")).variants == GREFF_VARIANTS
     assert parse_spec(_spec(variants="all")).variants == VARIANTS
     assert "lists a variant twice" in _error(_spec(variants=["V", "V"]))
+
+
+@pytest.mark.parametrize(("toml", "expected"), [
+    ("trials_per_varient = 4", "trials_per_varient is not a known field (did you mean trials_per_variant?)"),
+    ("trials_per_variant = 4\nvariants = []", "variants: must name at least one variant"),
+    ("trials_per_variant = 4\n[space.momentum]\nvalue = 1.5", "space.momentum.value must be in [0, 1)"),
+])
+def test_study_create_refuses_a_spec_that_cannot_train(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], toml: str, expected: str
+) -> None:
+    from sweep.cli import main
+
+    spec = tmp_path / "bad.toml"
+    spec.write_text(f'name = "bad"\ndataset = {{ name = "synthetic" }}\n{toml}\n')
+    db = tmp_path / "results.db"
+    with pytest.raises(SystemExit) as info:
+        main(["study", "create", str(spec), "--storage", f"sqlite:///{db}"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 1 and len(lines) == 1 and lines[0].startswith(f"error: spec {spec}: "), lines
+    assert expected in lines[0] and not db.exists()  # refused before any database is touched

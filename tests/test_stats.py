@@ -188,3 +188,23 @@ def test_no_finished_trials_gives_empty_table_and_missing_baseline_gives_nan_tes
     assert variant_stats(running).empty
     out = variant_stats(pd.concat([frame("A", [1.0, 2.0]), frame("B", [1.5, 2.5])], ignore_index=True))
     assert out["welch_p"].isna().all() and not out["significant"].any()
+
+
+def test_best_fraction_chosen_by_another_column_reports_the_shown_one():
+    rng = np.random.default_rng(3)
+    v_test, a_test = rng.normal(10, 2, 40), rng.normal(12, 2, 40)
+    v_valid, a_valid = rng.normal(10, 2, 40), rng.normal(12, 2, 40)  # rankings unrelated to the test's
+    trials = pd.concat(
+        [frame("V", v_test, best_valid=v_valid), frame("A", a_test, best_valid=a_valid)], ignore_index=True
+    )
+    out = variant_stats(trials, select_by="best_valid").set_index("variant")
+    v_top, a_top = v_test[np.argsort(v_valid)[:4]], a_test[np.argsort(a_valid)[:4]]
+    assert out.loc["V", "top_mean"] == pytest.approx(v_top.mean())
+    assert out.loc["A", "top_std"] == pytest.approx(a_top.std(ddof=1))
+    ref = sps.ttest_ind(a_top, v_top, equal_var=False)
+    assert out.loc["A", "welch_p"] == pytest.approx(ref.pvalue)
+    assert out.loc["V", "best"] == pytest.approx(v_test.min())  # best and median stay on the shown column
+    # Selection by training time is always shortest first, whatever the study's direction.
+    timed = trials.assign(seconds=np.r_[np.arange(40.0), np.arange(40.0)])
+    out = variant_stats(timed, direction="maximize", select_by="seconds").set_index("variant")
+    assert out.loc["V", "top_mean"] == pytest.approx(v_test[:4].mean())

@@ -236,10 +236,12 @@ def test_chunked_evaluation_equals_one_pass(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"optimizer": "rmsprop"}, "unknown optimizer"),
+        ({"optimizer": "rmsprop"}, "optimizer must be one of sgd, adam"),
         ({"learning_rate": -1.0}, "learning_rate"),
         ({"momentum": 1.0}, "momentum"),
-        ({"variant": "LSTMX"}, "unknown variant"),
+        ({"variant": "LSTMX"}, "unknown variant 'LSTMX'; expected one of V, "),
+        ({"init_scale": 0.0}, "init_scale must be a positive number"),
+        ({"input_noise": -0.1}, "input_noise must be >= 0"),
         ({"batch_size": 0}, "batch_size"),
         ({"clip": 0.0}, "clip"),
         ({"device": "tpu"}, "device"),
@@ -300,7 +302,8 @@ def test_cli_train_prints_epochs_and_summary(capsys):
     ("args", "message"),
     [
         (["--dataset", "ptb", "--data", "/nonexistent/dir"], "error: ptb: /nonexistent/dir not found"),
-        (["--variant", "XYZ", "--dataset", "synthetic"], "error: unknown variant 'XYZ'"),
+        (["--variant", "XYZ", "--dataset", "synthetic"],
+         "error: unknown variant 'XYZ'; expected one of V, NIG,"),
         (["--device", "cuda:77", "--dataset", "synthetic"], "error: device 'cuda:77'"),
         (["--dataset", "synthetic", "--lr", "0"], "error: learning_rate must be a positive number"),
     ],

@@ -358,16 +358,22 @@ def test_worker_without_study_drains_every_study(sqlite_url: str) -> None:
     assert status.totals["complete"] == 3 and status.throughput_per_hour and status.eta_seconds == 0
 
 
+def failing_worker(url: str, per_variant: int, message: str) -> Worker:
+    """A worker on a fresh one-variant study whose every trial raises RuntimeError(message)."""
+    make_study(url, variants=("V",), per_variant=per_variant)
+    worker = Worker(WorkerConfig(url=url, study="w", objective="noop", poll_interval=0.1))
+
+    def boom(ctx: object) -> object:
+        raise RuntimeError(message)
+
+    worker.objective = boom  # type: ignore[assignment]
+    return worker
+
+
 def test_failing_objective_is_recorded_and_stops_the_worker(sqlite_url: str) -> None:
     from storage.errors import OdysseyError
 
-    make_study(sqlite_url, variants=("V",), per_variant=4)
-    worker = Worker(WorkerConfig(url=sqlite_url, study="w", objective="noop", poll_interval=0.1))
-
-    def boom(ctx: object) -> object:
-        raise RuntimeError("cannot allocate tensor")
-
-    worker.objective = boom  # type: ignore[assignment]
+    worker = failing_worker(sqlite_url, 4, "cannot allocate tensor")
     with pytest.raises(OdysseyError, match="3 trials in a row failed .*RuntimeError: cannot allocate tensor"):
         worker.run()
     states = sorted(t.state.name for t in load_optuna_study(sqlite_url, "w").trials)
@@ -375,3 +381,23 @@ def test_failing_objective_is_recorded_and_stops_the_worker(sqlite_url: str) -> 
     frame = results.load_study(sqlite_url, "w").trials
     assert sorted(frame["state"]) == ["failed", "failed", "failed", "waiting"]
     assert frame[frame["state"] == "failed"]["error"].str.contains("cannot allocate tensor").all()
+
+
+def test_worker_whose_every_trial_failed_exits_non_zero(sqlite_url: str) -> None:
+    # Fewer trials than the consecutive-failure limit: the worker reaches "nothing left" and must still
+    # not exit 0 (issue 10).
+    from storage.errors import OdysseyError
+
+    worker = failing_worker(sqlite_url, 2, "no such dataset file")
+    with pytest.raises(OdysseyError, match="all 2 trials this worker ran failed"):
+        worker.run()
+    assert sorted(t.state.name for t in load_optuna_study(sqlite_url, "w").trials) == ["FAIL", "FAIL"]
+
+
+def test_worker_on_a_missing_sqlite_file_exits_non_zero_and_creates_nothing(tmp_path: Path) -> None:
+    typo = tmp_path / "typo.db"
+    done = subprocess.run([sys.executable, "-m", "sweep.cli", "worker", "--devices", "cpu", "--storage",
+                           f"sqlite:///{typo}"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "ODYSSEY_OBJECTIVE": "noop"})
+    assert f"file {typo} does not exist" in _one_line_error(done)
+    assert not list(tmp_path.iterdir())

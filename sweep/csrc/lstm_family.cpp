@@ -1,16 +1,22 @@
-// Forward and BPTT loops of the LSTM family (sweep/cells_fused.py) as compiled CPU code.
+// Forward and BPTT loops of the LSTM family, GRU and pseudo LSTM as compiled CPU code (the `cpp` kernels of
+// sweep/cells_lstm.py, sweep/cells_gru.py, sweep/cells_pseudo.py; their equations: lstm_step and the
+// reference steps there).
 //
-// Why: at small shapes (batch 1, hidden 20-100) a TorchScript loop spends most of its time dispatching
+// Why: at small shapes (batch 1, hidden 20-100) a loop of tensor ops spends most of its time dispatching
 // ~10 tiny ops per step. Here each step is one GEMM (two for FGR) called straight into BLAS, plus a few
 // loops over raw pointers for all of the gate arithmetic; nothing is dispatched inside the time loop.
 //
-// Conventions (same as the Python kernel): time-major buffers (T, B, .), gate blocks stacked per row at
+// Conventions: time-major buffers (T, B, .), gate blocks stacked per row at
 // the offsets of the layout (-1: absent), acts holds the post-activation gates, peephole rows stacked in
 // the order i, f, o over the gates that exist. forget: 0 own gate, 1 coupled (f = 1 - i), 2 none (f = 1).
 // Matrices are row-major; gemm() takes BLAS's column-major view of them, so a row-major (R, C) matrix is
 // a column-major (C, R) one with leading dimension C.
 
 #include <torch/extension.h>
+
+// The float loops clamp before they exponentiate; with trapping math GCC will not vectorise such a select
+// on AVX2 or SSE2 (a compare may raise an FP exception). Nothing here reads the FP exception flags.
+#pragma GCC optimize("no-trapping-math")
 
 #include <algorithm>
 #include <cmath>
@@ -49,9 +55,18 @@ namespace {
 
 // float: a Cephes-style exp (about 2 ulp) written so that the compiler vectorises the loops around it;
 // libm's expf/tanhf are scalar calls. double keeps libm, so gradcheck sees exact derivatives.
+// No std::min/max, floor or float-to-int conversion: GCC does not vectorise a loop that holds them (it
+// cannot if-convert the clamp, with trapping math, ahead of a conversion), so every exp here ran scalar.
+// The rounding adds 1.5 * 2^23, which leaves round(x / ln 2) in the low bits of the float.
 ODY_INLINE float exp_approx(float x) {
-  x = std::min(std::max(x, -87.3f), 88.3f);
-  float fx = std::floor(x * 1.44269504088896341f + 0.5f);
+  x = x < 88.3f ? x : 88.3f;
+  x = x > -87.3f ? x : -87.3f;
+  const float shift = 12582912.0f;
+  const float m = x * 1.44269504088896341f + shift;
+  const float fx = m - shift;
+  int32_t k;
+  std::memcpy(&k, &m, sizeof(k));
+  k -= 0x4B400000;  // the bits of `shift`
   float r = x - fx * 0.693359375f;
   r = r + fx * 2.12194440e-4f;
   float z = r * r;
@@ -62,16 +77,28 @@ ODY_INLINE float exp_approx(float x) {
   y = y * r + 1.6666665459e-1f;
   y = y * r + 5.0000001201e-1f;
   y = y * z + r + 1.0f;
-  int32_t bits = (static_cast<int32_t>(fx) + 127) << 23;
+  int32_t bits = (k + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof(scale));
   return y * scale;
 }
 
 ODY_INLINE float sigm(float x) { return 1.0f / (1.0f + exp_approx(-x)); }
+// tanh(x) = sign(x) (1 - e) / (1 + e) with e = exp(-2|x|); the sign is moved with bit operations, since
+// with std::fabs and std::copysign GCC 12 left the tanh loops scalar
 ODY_INLINE float tanh_(float x) {
-  float e = exp_approx(-2.0f * std::fabs(x));
-  return std::copysign((1.0f - e) / (1.0f + e), x);
+  uint32_t bits;
+  std::memcpy(&bits, &x, sizeof(bits));
+  const uint32_t sign = bits & 0x80000000u;
+  bits ^= sign;
+  float ax;
+  std::memcpy(&ax, &bits, sizeof(ax));
+  const float e = exp_approx(-2.0f * ax);
+  float t = (1.0f - e) / (1.0f + e);
+  std::memcpy(&bits, &t, sizeof(bits));
+  bits |= sign;
+  std::memcpy(&t, &bits, sizeof(t));
+  return t;
 }
 ODY_INLINE double sigm(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 ODY_INLINE double tanh_(double x) { return std::tanh(x); }
@@ -332,8 +359,8 @@ Layout make_layout(int64_t n, int64_t off_i, int64_t off_f, int64_t off_z, int64
                    bool input_act, bool output_act, bool peepholes, bool fgr) {
   TORCH_CHECK(n > 0 && off_z >= 0 && forget >= 0 && forget <= 2, "invalid LSTM layout");
   TORCH_CHECK(forget != 1 || off_i >= 0, "a coupled forget gate needs the input gate");
-  TORCH_CHECK(!fgr || (off_i == 0 && off_f == n && off_o == 2 * n && forget == 0 && peepholes),
-              "FGR expects the block order i, f, o, z with peepholes");
+  TORCH_CHECK(!fgr || (off_i == 0 && off_f == n && off_o == 2 * n && forget == 0),
+              "gate recurrence expects the block order i, f, o, z");
   return Layout{n, off_i, off_f, off_z, off_o, forget, input_act, output_act, peepholes, fgr};
 }
 
@@ -520,7 +547,7 @@ std::vector<at::Tensor> lstm_backward(const at::Tensor& acts, const at::Tensor& 
 
 // -------------------------------------------------------------------------------------------- GRU
 //
-// torch's convention (sweep/cells_gru_fused.py): blocks (r, u, n); rec = U s + (0, 0, b_hn);
+// torch's convention (sweep/cells_gru.py): blocks (r, u, n); rec = U s + (0, 0, b_hn);
 // r, u = sigma(x_(r,u) + rec_(r,u)); cand = tanh(x_n + r * rec_n); s' = cand + u * (s - cand).
 
 template <typename T>
@@ -673,7 +700,7 @@ std::vector<at::Tensor> gru_backward(const at::Tensor& rec_n, const at::Tensor& 
 
 // ------------------------------------------------------------------------------------------ PLSTM
 //
-// sweep/cells_pseudo_fused.py: blocks (i, f, z, o); o = sigma(x_o + W_o phi(s)); r = o * phi(s);
+// sweep/cells_pseudo.py: blocks (i, f, z, o); o = sigma(x_o + W_o phi(s)); r = o * phi(s);
 // (i, f, z) = (sigma, sigma, tanh)(x_ifz + W_r r); s' = f * s + i * z; output phi(s') = tanh(s').
 
 template <typename T>
@@ -863,7 +890,7 @@ std::vector<at::Tensor> plstm_backward(const at::Tensor& acts, const at::Tensor&
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "Forward and BPTT loops of the LSTM family (see sweep/cells_fused.py)";
+  m.doc() = "Forward and BPTT loops of the LSTM family, GRU and PLSTM (see sweep/cells_lstm.py)";
   m.def("lstm_forward", &lstm_forward, "forward loop: returns acts, cs, ys, hcs");
   m.def("lstm_backward", &lstm_backward, "BPTT: returns d_act, dw, dgw, dp, dh0, dc0, dg0");
   m.def("gru_forward", &gru_forward, "GRU forward loop: returns rec_n (U_n s + b_hn), acts (r, u, n), ys");

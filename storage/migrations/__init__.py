@@ -1,0 +1,1 @@
+"""Alembic migrations of the results tables (`storage.schema`); see `storage.schema_version`."""
