@@ -257,9 +257,9 @@ class StudyAnalysis:
         self.progress(f"fANOVA {scope} ({target}, {len(frame)} trials)")
         try:
             return Fanova(
-                frame[columns], frame[target], bounds=self.space.bounds,
-                categorical=("variant",) if scope == POOLED else (), n_trees=self.n_trees, seed=self.seed,
-            )  # fmt: skip
+                n_trees=self.n_trees, seed=self.seed, bounds=self.space.bounds,
+                categorical=("variant",) if scope == POOLED else (),
+            ).fit(frame[columns], frame[target])  # fmt: skip
         except OdysseyError as exc:
             self.notes.append(f"{scope}, {target}: {exc}")
             return None
@@ -313,7 +313,7 @@ class StudyAnalysis:
                 fa = self.fanova(scope, target)
                 if fa is None:
                     continue
-                for name in fa.params:
+                for name in fa.params_:
                     if name not in self.space.params:
                         continue
                     m = fa.marginal(name, grid)

@@ -366,7 +366,7 @@ class _Report:
             return
         pairs = a.heatmap_pairs()
         if pairs.empty:
-            varied = [p for p in a.fanova(scope).params if p in a.space.params]
+            varied = [p for p in a.fanova(scope).params_ if p in a.space.params]
             named = ", ".join(varied) if varied else "none"
             self._note("heatmap", "Heatmaps", f"A joint heatmap needs two hyperparameters that vary within "
                        f"the fitted trials; {len(varied)} do{'es' if len(varied) == 1 else ''} ({named}).")

@@ -261,7 +261,12 @@ def optuna_storage(
 
     def build() -> Any:
         if not resolved.startswith("postgresql"):
-            return create()
+            # The same race on a fresh SQLite file ("table trial_values already exists", a duplicate
+            # alembic_version row): a file lock beside the database serialises the first opening.
+            from storage.locks import named_lock
+
+            with named_lock(resolved, "optuna-tables"):
+                return create()
         # Optuna creates its tables check-then-create: workers opening a fresh PostgreSQL database
         # together collide on its catalogue ("relation already exists"). A session advisory lock
         # serialises the first opening; later ones find the tables and pass through quickly.

@@ -323,13 +323,84 @@ def record_trial_started(
     _write(url, "record a trial start", write)
 
 
+# Optuna's own tables, read (never written) to check a writer still holds its trial RUNNING.
+_optuna_studies = sa.table("studies", sa.column("study_id"), sa.column("study_name"))
+_optuna_trials = sa.table("trials", sa.column("trial_id"), sa.column("study_id"), sa.column("number"),
+                          sa.column("state"), sa.column("datetime_start", sa.DateTime))
+_optuna_heartbeats = sa.table("trial_heartbeats", sa.column("trial_id"), sa.column("heartbeat", sa.DateTime))
+_optuna_seen: set[str] = set()  # URLs whose Optuna tables are known to exist
+
+
+def lost_trials(url: str | None, study: str, grace_seconds: float) -> list[int]:
+    """The ids of the study's RUNNING Optuna trials whose worker is lost: a heartbeat older than
+    ``grace_seconds`` (by the database's clock, as Optuna writes it), or no heartbeat at all and a start
+    older than ``grace_seconds`` (Optuna's start time is the claiming host's local clock).
+
+    Optuna's own check (``fail_stale_trials``) skips trials without a heartbeat for ever.
+    """
+    import datetime as dt
+
+    stmt = (
+        sa.select(_optuna_trials.c.trial_id, _optuna_trials.c.datetime_start, _optuna_heartbeats.c.heartbeat)
+        .select_from(
+            _optuna_trials.join(_optuna_studies, _optuna_studies.c.study_id == _optuna_trials.c.study_id)
+            .outerjoin(_optuna_heartbeats, _optuna_heartbeats.c.trial_id == _optuna_trials.c.trial_id))
+        .where(_optuna_studies.c.study_name == study,
+               sa.cast(_optuna_trials.c.state, sa.String) == "RUNNING")
+    )
+    grace = dt.timedelta(seconds=grace_seconds)
+
+    def read() -> list[int]:
+        with get_engine(resolve_url(url)).connect() as conn:
+            now_db = conn.execute(sa.select(sa.func.now())).scalar()
+            rows = conn.execute(stmt).all()
+        if isinstance(now_db, str):  # SQLite's CURRENT_TIMESTAMP
+            now_db = dt.datetime.fromisoformat(now_db)
+        now_db = now_db.replace(tzinfo=None)
+        now_local = dt.datetime.now()
+        return [r.trial_id for r in rows
+                if (r.heartbeat is not None and now_db - r.heartbeat > grace)
+                or (r.heartbeat is None and r.datetime_start is not None
+                    and now_local - r.datetime_start > grace)]
+
+    return with_retry(read, url, what="look for lost trials")
+
+
+def optuna_trial_state(conn: sa.Connection, study: str, number: int, *, lock: bool = False) -> str | None:
+    """The Optuna state name (RUNNING, COMPLETE, FAIL, WAITING...) of trial ``number`` of ``study``; None
+    when there is no such Optuna trial (results tables used without Optuna). With ``lock`` the trial row is
+    share-locked on PostgreSQL until the transaction ends, so no state change can slip in between."""
+    url = conn.engine.url.render_as_string(hide_password=False)
+    if url not in _optuna_seen:
+        if not sa.inspect(conn).has_table("trials"):
+            return None
+        _optuna_seen.add(url)
+    stmt = (sa.select(_optuna_trials.c.state)
+            .select_from(_optuna_trials.join(_optuna_studies,
+                                             _optuna_studies.c.study_id == _optuna_trials.c.study_id))
+            .where(_optuna_studies.c.study_name == study, _optuna_trials.c.number == number))
+    if lock and conn.dialect.name == "postgresql":
+        stmt = stmt.with_for_update(read=True, of=_optuna_trials)
+    state = conn.execute(stmt).scalar()
+    return None if state is None else str(getattr(state, "name", state)).upper()
+
+
 def _current_attempt_matches(conn: sa.Connection, study: str, slot: int, number: int | None) -> bool:
+    """Whether a write from attempt ``number`` may change the slot: the row names that attempt and Optuna
+    (when the study is Optuna's) still has it RUNNING; anything else is a zombie's late write."""
     row = conn.execute(sa.select(trials.c.trial_number).where(_trial_key(study, slot))).first()
     if row is None:
         raise _no_slot(study, slot)
-    if number is not None and row.trial_number != number:
+    if number is None:
+        return True
+    if row.trial_number != number:
         log.warning("ignoring a write from trial %s to slot %s of %r: slot now belongs to trial %s",
                     number, slot, study, row.trial_number)
+        return False
+    state = optuna_trial_state(conn, study, number, lock=True)
+    if state not in (None, "RUNNING"):
+        log.warning("ignoring a write from trial %s to slot %s of %r: Optuna has the trial %s",
+                    number, slot, study, state)
         return False
     return True
 
@@ -418,21 +489,33 @@ def record_trial_finished(
     return _write(url, "record a trial result", write)
 
 
-def record_trial_requeued(url: str | None, study: str, slot: int, trial_number: int | None = None) -> None:
+def record_trial_requeued(url: str | None, study: str, slot: int, trial_number: int | None = None,
+                          new_trial_number: int | None = None) -> None:
     """Put a slot back to ``waiting`` (e.g. its worker died); its results are cleared, attempts kept.
 
     With ``trial_number`` (the attempt being re-queued) nothing happens if a newer attempt already owns
-    the slot: the re-queued copy may have been claimed and started before this write.
+    the slot: the re-queued copy may have been claimed and started before this write. With
+    ``new_trial_number`` (the waiting copy) the row passes to the copy at once and ``attempts`` grows, so a
+    late write from the old attempt is refused from now on.
     """
     slot = _slot(slot)
+    new = _int_or_none(new_trial_number, "new_trial_number")
 
     def write(conn: sa.Connection, resolved: str) -> None:
         _require_study(conn, study, resolved)
-        if not _current_attempt_matches(conn, study, slot, trial_number):
-            return
+        row = conn.execute(sa.select(trials.c.trial_number).where(_trial_key(study, slot))).first()
+        if row is None:
+            raise _no_slot(study, slot)
+        if new is not None and row.trial_number == new:
+            return  # already done (a repeated call)
+        if trial_number is not None and row.trial_number not in (None, trial_number):
+            return  # a newer attempt owns the slot
+        moved: dict[str, Any] = {}
+        if new is not None:
+            moved = {"trial_number": new, "attempts": trials.c.attempts + 1}
         done = conn.execute(sa.update(trials).where(_trial_key(study, slot)).values(
             state="waiting", diverged=False, started_at=None, finished_at=None, error=None,
-            host=None, device=None, **dict.fromkeys(RESULT_FIELDS),
+            host=None, device=None, **dict.fromkeys(RESULT_FIELDS), **moved,
         ))
         if done.rowcount == 0:
             raise _no_slot(study, slot)
@@ -559,5 +642,5 @@ def trials_dataframe(url: str | None, study: str, state: str | None = None) -> p
 __all__ = [
     "StudyData", "register_study", "record_designed_trials", "record_trial_started", "record_epoch",
     "record_trial_finished", "record_trial_requeued", "delete_study_results", "load_study",
-    "list_studies", "trials_dataframe", "translated",
+    "list_studies", "trials_dataframe", "translated", "lost_trials", "optuna_trial_state",
 ]

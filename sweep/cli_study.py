@@ -8,7 +8,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from storage.urls import mask_url, resolve_url
-from sweep.cli_common import print_table, storage_option
+from sweep.cli_common import plural, print_table, storage_option
 
 
 @click.group()
@@ -94,9 +94,30 @@ def status(name: str, url: str | None) -> None:
     table.add_row("total", *(str(totals[s]) for s in STATES), style="bold")
     print_table(table)
     rate = "unknown" if info.throughput_per_hour is None else f"{info.throughput_per_hour:.1f} trials/hour"
-    left = totals["waiting"] + totals["running"]
+    left = totals["waiting"] + totals["running"] + info.lost
     eta = "done" if left == 0 else _duration(info.eta_seconds)
     click.echo(f"throughput: {rate}; left: {left}; ETA: {eta}")
+    if info.lost or info.extra:
+        Console().print(f"[bold red]{plural(info.lost, 'slot')} lost (no live trial), "
+                        f"{plural(info.extra, 'extra trial')}[/]; `odyssey study repair {name}` re-queues "
+                        "lost slots and withdraws waiting duplicates")
+
+
+@study.command()
+@click.argument("name")
+@storage_option
+def repair(name: str, url: str | None) -> None:
+    """Re-queue every designed slot of NAME left with no waiting, running or complete trial (and withdraw
+    waiting duplicates); workers do this when they start. Safe to run at any time."""
+    from sweep.study import repair_study
+
+    resolved = resolve_url(url)
+    done = repair_study(resolved, name)
+    if not done.requeued and not done.withdrawn:
+        click.echo(f"study {name!r}: every slot has exactly one live or final trial; nothing to repair")
+        return
+    click.echo(f"study {name!r}: re-queued {plural(len(done.requeued), 'lost slot')} {done.requeued}; "
+               f"withdrew {plural(len(done.withdrawn), 'duplicate trial')} {done.withdrawn}")
 
 
 @study.command()

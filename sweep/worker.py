@@ -2,12 +2,15 @@
 
 Exactly-once: a trial is claimed by Optuna's atomic WAITING -> RUNNING transition
 (`RDBStorage.set_trial_state_values`, a row lock on PostgreSQL, a write transaction on SQLite), so two
-workers never run the same trial and nothing beyond the enqueued design is ever created.
+workers never run the same trial; trials are only created by the (serialised) study creation and by
+re-queueing under the study lock, one copy per lost trial.
 
-Crashes: a running trial's heartbeat is written every `heartbeat_interval` seconds. Any worker that finds
-a trial without a heartbeat for `grace_period` seconds fails it and re-queues a copy with the same
-parameters and user attrs (`odyssey_slot` included) through Optuna's RetryHeartbeatStaleTrialCallback;
-the results row goes back to `waiting`. After `max_retries` losses the slot is recorded as failed.
+Crashes: a trial's heartbeat is written before it is claimed and then every `heartbeat_interval` seconds.
+Any worker that finds a RUNNING trial whose heartbeat (or, without one, its start) is older than
+`grace_period` re-queues it: a WAITING copy with the same parameters and user attrs first, then the
+original FAIL, then the results row passed to the copy (`sweep.study.requeue_trial`). After
+`max_retries` losses the slot is recorded as failed. Workers run the repair pass (`repair_study`) when
+they start and before they exit, so a slot left with no live trial is re-queued.
 
 Stopping: the first SIGTERM/SIGINT stops the running trial within one training step, re-queues it and
 exits 0; a second Ctrl-C interrupts at once (see docs/sweeps.md).
@@ -23,23 +26,24 @@ import signal
 import socket
 import threading
 import time
-import warnings
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
 from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.exceptions import UpdateFinishedTrialError
-from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from storage import results
 from storage.engine import with_retry
 from storage.errors import OdysseyError
+from storage.failpoints import failpoint
 from storage.urls import resolve_url
 from sweep.objective import Objective, Outcome, TrialContext, TrialInterrupted, resolve_objective
 from sweep.spec import StudySpec
 from sweep.study import (
+    FINAL_ATTR,
     SEED_ATTR,
     SLOT_ATTR,
     SPEC_ATTR,
@@ -48,7 +52,12 @@ from sweep.study import (
     distributions,
     load_optuna_study,
     open_storage,
+    repair_study,
+    requeue_trial,
+    retry_history,
+    settle_claim,
     stored_spec,
+    study_lock,
 )
 
 log = logging.getLogger("odyssey.worker")
@@ -83,40 +92,6 @@ class _StopWorker(Exception):
     """The worker was asked to stop."""
 
 
-class _RequeueStale(RetryHeartbeatStaleTrialCallback):
-    """Optuna's retry callback plus the results row: back to waiting, or failed after max retries.
-
-    Only lost workers count against `max_retries`; a clean stop (Ctrl-C, SIGTERM) re-queues through the
-    same callback and is subtracted from the trial's retry history.
-    """
-
-    def __init__(self, url: str, max_retries: int) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            super().__init__(max_retry=None)  # the limit is checked here, on losses only
-        self.url = url
-        self.max_retries = max_retries
-
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        slot = trial.user_attrs.get(SLOT_ATTR)
-        history = [*trial.system_attrs.get("retry_history", []), trial.number]
-        losses = len(history) - int(trial.user_attrs.get(INTERRUPTS_ATTR, 0))
-        if losses > self.max_retries:
-            log.error("trial %d (slot %s) lost its worker %d times; recorded as failed",
-                      trial.number, slot, losses)
-            if slot is not None:
-                results.record_trial_finished(self.url, study.study_name, slot, "failed",
-                                              {"error": f"worker lost {losses} times (no heartbeat)"})
-            return
-        # Retried here: once fail_stale_trials has failed the trial, nothing would find it again.
-        with_retry(lambda: super(_RequeueStale, self).__call__(study, trial), self.url,
-                   what="re-queue a lost trial")
-        if slot is not None:
-            log.warning("trial %d (slot %d, %s) lost its worker (no heartbeat); re-queued",
-                        trial.number, slot, trial.user_attrs.get(VARIANT_ATTR))
-            results.record_trial_requeued(self.url, study.study_name, slot, trial_number=trial.number)
-
-
 class _Heartbeat:
     """Writes a trial's heartbeat every interval from a thread; a failed write is retried next beat."""
 
@@ -132,6 +107,8 @@ class _Heartbeat:
             except Exception as exc:  # a database outage: the next beat tries again
                 log.warning("heartbeat of trial id %d failed (%s); retrying", self.trial_id,
                             type(exc).__name__)
+                continue
+            failpoint("heartbeat.after")
 
     def __enter__(self) -> _Heartbeat:
         self._thread.start()
@@ -216,15 +193,12 @@ class Worker:
         self.url = resolve_url(config.url)
         self.stop = stop or threading.Event()
         self.objective: Objective = resolve_objective(config.objective)
-        self.storage = open_storage(
-            self.url,
-            heartbeat_interval=config.heartbeat_interval,
-            grace_period=config.grace_period,
-            stale_trial_callback=_RequeueStale(self.url, config.max_retries),
-        )
+        self.storage = open_storage(self.url, heartbeat_interval=config.heartbeat_interval,
+                                    grace_period=config.grace_period)
         self.trials_run = 0
         self._targets: dict[str, _Target] = {}
         self._last_stale_check: dict[str, float] = {}
+        self._last_repair: dict[str, float] = {}
         self._waiting: dict[int, list[int]] = {}  # study id -> waiting trial ids, in number order
         self._failures = 0
         self._prefix = f"[{config.label}] " if config.label else ""
@@ -233,7 +207,9 @@ class Worker:
 
     def _target(self, name: str) -> _Target:
         if name not in self._targets:
-            study = load_optuna_study(self.url, name, self.storage)
+            # A creation under way holds the study lock: wait for it, then read the finished study.
+            with study_lock(self.url, name):
+                study = load_optuna_study(self.url, name, self.storage)
             spec = stored_spec(study)
             if spec is None:
                 raise OdysseyError(f"study {name!r} was not created by `odyssey study create` (no spec)")
@@ -241,7 +217,26 @@ class Worker:
                 study.sampler = PerVariantTPESampler()
             study_id = with_retry(lambda: self.storage.get_study_id_from_name(name), self.url)
             self._targets[name] = _Target(study, study_id, spec)
+            self._repair(self._targets[name])
         return self._targets[name]
+
+    def _repair(self, target: _Target) -> bool:
+        """The repair pass (lost slots re-queued, duplicates withdrawn); True if it changed anything."""
+        name = target.study.study_name
+        self._last_repair[name] = time.monotonic()
+        try:
+            done = repair_study(self.url, name, self.storage)
+        except (OdysseyError, KeyError):
+            if self._study_id(name) is None:  # deleted meanwhile (a --forever worker outlives studies)
+                self._forget(name)
+                return False
+            raise
+        if done.requeued or done.withdrawn:
+            log.warning("%srepaired study %r: re-queued slots %s, withdrew duplicate trials %s", self._prefix,
+                        target.study.study_name, done.requeued, done.withdrawn)
+            self._waiting.pop(target.study_id, None)
+            return True
+        return False
 
     def _targets_now(self) -> list[_Target]:
         if self.config.study:
@@ -259,7 +254,17 @@ class Worker:
             cached = self._targets.get(name)
             if cached is not None and cached.study_id != self._study_id(name):
                 self._forget(name)
-        return [self._target(name) for name in names]
+        if self.config.study:
+            return [self._target(self.config.study)]
+        targets = []
+        for name in names:
+            try:
+                targets.append(self._target(name))
+            except OdysseyError:
+                if self._study_id(name) is not None:
+                    raise
+                # Deleted since it was listed: nothing to do there.
+        return targets
 
     def _study_id(self, name: str) -> int | None:
         try:
@@ -271,6 +276,11 @@ class Worker:
         target = self._targets.pop(name, None)
         if target is not None:
             self._waiting.pop(target.study_id, None)
+
+    def _repair_due(self, target: _Target) -> bool:
+        # Before exiting, always; an idle --forever worker repairs once per grace period, not every poll.
+        last = self._last_repair.get(target.study.study_name, -math.inf)
+        return not self.config.forever or time.monotonic() - last >= self.config.grace_period
 
     # ----------------------------------------------------------------------------------- claiming
 
@@ -313,11 +323,13 @@ class Worker:
             # A random pick among the first few spreads concurrent workers over different rows.
             trial_id = random.choice(ids)
             self._waiting[target.study_id].remove(trial_id)
-            attempts = 0
 
             def claim(tid: int = trial_id) -> bool:
-                nonlocal attempts
-                attempts += 1
+                # The heartbeat first: a worker killed right after its claim (or a claim that committed
+                # before the connection dropped and then read as lost) leaves a RUNNING trial whose
+                # heartbeat ages, so the lost-trial check re-queues it.
+                self.storage.record_heartbeat(tid)
+                failpoint("claim.before")
                 return self.storage.set_trial_state_values(tid, TrialState.RUNNING)
 
             try:
@@ -325,30 +337,45 @@ class Worker:
             except UpdateFinishedTrialError:
                 won = False
             if not won:
-                if attempts > 1:
-                    # A retried claim may have committed before the connection dropped and then read as
-                    # lost: a heartbeat lets the stale check re-queue the trial if nobody runs it.
-                    with_retry(lambda tid=trial_id: self.storage.record_heartbeat(tid), self.url,
-                               what="record a heartbeat")
                 # Another worker took it: the kept list is stale; trying its other ids would queue on
                 # the row locks every other worker is after too.
                 self._waiting.pop(target.study_id, None)
                 continue
-            # A heartbeat at once, so even a worker killed right now has its trial re-queued.
+            failpoint("claim.after")
             with_retry(lambda tid=trial_id: self.storage.record_heartbeat(tid), self.url,
                        what="record a heartbeat")
-            return with_retry(lambda tid=trial_id: self.storage.get_trial(tid), self.url)
+            frozen = with_retry(lambda tid=trial_id: self.storage.get_trial(tid), self.url)
+            if not with_retry(lambda f=frozen: settle_claim(self.url, self.storage, target.study_id,
+                                                            target.study.study_name, f),
+                              self.url, what="check the claimed trial's slot"):
+                continue
+            return frozen
 
     def _check_stale(self, target: _Target, force: bool = False) -> None:
+        """Re-queue the study's RUNNING trials whose worker is lost (`results.lost_trials`)."""
         now = time.monotonic()
         name = target.study.study_name
         if not force and now - self._last_stale_check.get(name, -math.inf) < self.config.heartbeat_interval:
             return
         self._last_stale_check[name] = now
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            with_retry(lambda: optuna.storages.fail_stale_trials(target.study), self.url,
-                       what="check for lost trials")
+        grace = self.config.grace_period
+        for trial_id in results.lost_trials(self.url, name, grace):
+            trial = with_retry(lambda tid=trial_id: self.storage.get_trial(tid), self.url)
+            slot = trial.user_attrs.get(SLOT_ATTR)
+            # Only lost workers count against max_retries; clean stops are counted in INTERRUPTS_ATTR.
+            losses = len(retry_history(trial)) + 1 - int(trial.user_attrs.get(INTERRUPTS_ATTR, 0))
+            final = None
+            if losses > self.config.max_retries:
+                final = f"worker lost {losses} times (no heartbeat)"
+                log.error("%strial %d (slot %s) lost its worker %d times; recorded as failed", self._prefix,
+                          trial.number, slot, losses)
+            copy = requeue_trial(
+                self.url, self.storage, target.study_id, name, trial_id, final=final,
+                still_lost=lambda tid=trial_id: tid in results.lost_trials(self.url, name, grace))
+            if copy is not None:
+                log.warning("%strial %d (slot %s, %s) lost its worker (no heartbeat); re-queued as trial %d",
+                            self._prefix, trial.number, slot, trial.user_attrs.get(VARIANT_ATTR), copy)
+                self._waiting.pop(target.study_id, None)
 
     # ------------------------------------------------------------------------------------ running
 
@@ -370,6 +397,8 @@ class Worker:
                         pending = True
                 if ran:
                     continue
+                if not pending and any(self._repair(t) for t in self._targets_now() if self._repair_due(t)):
+                    continue  # a slot had been lost: it waits again
                 if not pending and not self.config.forever:
                     log.info("%snothing left to run; %d trials run by this worker", self._prefix,
                              self.trials_run)
@@ -422,6 +451,7 @@ class Worker:
                 self.url, name, slot, frozen.number, self.config.host, self.config.device,
                 variant=variant, params=params, seed=seed, dataset=spec.dataset.name,
             )
+            failpoint("start.after")
             shown = " ".join(f"{k}={_fmt(v)}" for k, v in sorted(params.items()))
             log.info("%sstart  trial %d slot %d %s %s on %s", self._prefix, frozen.number, slot, variant,
                      shown, self.config.device)
@@ -433,6 +463,10 @@ class Worker:
             except (TrialInterrupted, KeyboardInterrupt):
                 self._requeue(study, frozen, slot)
                 raise _StopWorker() from None
+            except UpdateFinishedTrialError:
+                # An intermediate value refused: Optuna no longer holds this attempt RUNNING.
+                self._discard(frozen, slot)
+                return
             except Exception as exc:
                 self._fail(study, frozen, slot, exc)
                 return
@@ -455,9 +489,13 @@ class Worker:
                 seconds: float) -> None:
         result = dict(outcome.result)
         result["diverged"] = outcome.state == "diverged"
-        # Results first: a crash before the Optuna tell leaves a stale trial that is simply re-run.
-        results.record_trial_finished(self.url, study.study_name, slot, outcome.state, result,
-                                      trial_number=frozen.number)
+        # Results first: a crash before the Optuna tell leaves a stale trial that is simply re-run. The
+        # write is refused when this attempt no longer holds the trial (judged lost and re-queued).
+        if not results.record_trial_finished(self.url, study.study_name, slot, outcome.state, result,
+                                             trial_number=frozen.number):
+            self._discard(frozen, slot)
+            return
+        failpoint("finish.before-tell")
         value = outcome.value
         if value is not None and math.isfinite(value):
             if outcome.state == "diverged":
@@ -465,7 +503,9 @@ class Worker:
                            self.url)
             self._tell(frozen, TrialState.COMPLETE, float(value))
         else:
+            self._mark_final(frozen, "no finite value")
             self._tell(frozen, TrialState.FAIL)
+        failpoint("finish.after-tell")
         self._failures = 0
         self.trials_run += 1
         spec = self._targets[study.study_name].spec
@@ -478,8 +518,11 @@ class Worker:
         if not isinstance(exc, OdysseyError):
             message = f"{type(exc).__name__}: {message}"
             log.exception("%strial %d slot %d raised", self._prefix, frozen.number, slot)
-        results.record_trial_finished(self.url, study.study_name, slot, "failed", {"error": message},
-                                      trial_number=frozen.number)
+        if not results.record_trial_finished(self.url, study.study_name, slot, "failed", {"error": message},
+                                             trial_number=frozen.number):
+            self._discard(frozen, slot)  # not this attempt's to record: the copy runs the slot again
+            return
+        self._mark_final(frozen, message)
         self._tell(frozen, TrialState.FAIL)
         self.trials_run += 1
         self._failures += 1
@@ -487,20 +530,34 @@ class Worker:
         if self._failures >= MAX_CONSECUTIVE_FAILURES:
             raise OdysseyError(f"{self._failures} trials in a row failed (last: {message}); worker stops")
 
+    def _discard(self, frozen: FrozenTrial, slot: int) -> None:
+        # Judged lost (no heartbeat for longer than the grace period, e.g. stopped) and re-queued while it
+        # ran: the copy owns the slot now. Not a failure of this worker.
+        log.warning("%strial %d slot %d was re-queued while it ran (no heartbeat for too long); "
+                    "its result is discarded", self._prefix, frozen.number, slot)
+        self._tell(frozen, TrialState.FAIL)
+
+    def _mark_final(self, frozen: FrozenTrial, reason: str) -> None:
+        # Before the FAIL tell: the repair pass must not re-queue a slot whose outcome this is.
+        with suppress(UpdateFinishedTrialError):  # re-queued meanwhile: the copy decides
+            with_retry(lambda: self.storage.set_trial_system_attr(frozen._trial_id, FINAL_ATTR, reason[:200]),
+                       self.url, what="mark the trial's outcome")
+
     def _requeue(self, study: optuna.Study, frozen: FrozenTrial, slot: int) -> None:
         """Put an interrupted trial back: a waiting copy with the same parameters, the original failed."""
-        # Re-read: a tpe trial has gained its sampled parameters since it was claimed.
-        current = with_retry(lambda: self.storage.get_trial(frozen._trial_id), self.url)
         # The copy inherits the user attrs: counting clean stops there keeps them off the lost-worker limit.
-        current.user_attrs[INTERRUPTS_ATTR] = int(current.user_attrs.get(INTERRUPTS_ATTR, 0)) + 1
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            retry = RetryHeartbeatStaleTrialCallback()
-        # The copy first: a crash in between can at worst run the slot twice, never lose it.
-        with_retry(lambda: retry(study, current), self.url, what="re-queue the trial")
-        self._tell(frozen, TrialState.FAIL)
-        results.record_trial_requeued(self.url, study.study_name, slot, trial_number=frozen.number)
-        log.info("%sinterrupted trial %d slot %d: re-queued", self._prefix, frozen.number, slot)
+        interrupts = int(frozen.user_attrs.get(INTERRUPTS_ATTR, 0)) + 1
+        try:
+            with_retry(lambda: self.storage.set_trial_user_attr(frozen._trial_id, INTERRUPTS_ATTR,
+                                                                interrupts),
+                       self.url, what="count the interruption")
+        except UpdateFinishedTrialError:
+            return  # already judged lost and re-queued by another worker
+        # (Re-read inside: a tpe trial has gained its sampled parameters since it was claimed.)
+        copy = requeue_trial(self.url, self.storage, self._targets[study.study_name].study_id,
+                             study.study_name, frozen._trial_id, point="requeue")
+        log.info("%sinterrupted trial %d slot %d: re-queued as trial %s", self._prefix, frozen.number, slot,
+                 copy)
 
 
 # ---------------------------------------------------------------------------------- processes

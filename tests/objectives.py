@@ -25,3 +25,13 @@ def crash_once_objective_for_tests(ctx: TrialContext) -> Outcome:
     except FileExistsError:
         return make_sleep_objective(0.5)(ctx)
     os._exit(3)
+
+
+def report_after_pause_objective_for_tests(ctx: TrialContext) -> Outcome:
+    """After 1.5 s, one epoch's intermediate value to Optuna (as training does), then the noop result."""
+    from sweep.objective import intermediate_reporter, noop_objective
+
+    if ctx.stop.wait(1.5):
+        raise TrialInterrupted()
+    intermediate_reporter(ctx)(1, 0.5)
+    return noop_objective(ctx)

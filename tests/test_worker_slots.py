@@ -58,25 +58,39 @@ def test_a_device_the_host_cannot_use_is_refused(tmp_path: Path, devices: str, m
 @pytest.mark.parametrize(("interrupts", "requeued"), [(3, True), (0, False)])
 def test_clean_stops_do_not_count_against_the_lost_worker_limit(tmp_path: Path, interrupts: int,
                                                                 requeued: bool) -> None:
-    import optuna
+    # A trial re-queued three times before (by clean stops, or by lost workers), now lost again; it was
+    # claimed without a heartbeat (as by a worker killed between claim and heartbeat, or an older
+    # version): past the grace period it counts as lost all the same.
     from optuna.trial import TrialState
 
-    from storage.engine import optuna_storage
-    from sweep.worker import INTERRUPTS_ATTR, _RequeueStale
+    from sweep.spec import parse_spec
+    from sweep.study import SLOT_ATTR, create_study, load_optuna_study
+    from sweep.worker import INTERRUPTS_ATTR, Worker, WorkerConfig
 
     url = f"sqlite:///{tmp_path / 'odyssey.db'}"
-    study = optuna.create_study(study_name="s", storage=optuna_storage(url))
-    # A trial re-queued three times before (by clean stops, or by lost workers), now lost again.
-    study.add_trial(optuna.trial.create_trial(
-        state=TrialState.RUNNING, params={"x": 1.0},
-        distributions={"x": optuna.distributions.FloatDistribution(0, 2)},
-        user_attrs={INTERRUPTS_ATTR: interrupts}, system_attrs={"retry_history": [0, 1, 2]},
-    ))
-    _RequeueStale(url, max_retries=3)(study, study.get_trials()[-1])
-    waiting = study.get_trials(states=(TrialState.WAITING,))
+    create_study(url, parse_spec({"name": "s", "variants": ["V"], "trials_per_variant": 1,
+                                  "dataset": {"name": "synthetic"}}), check_data=False)
+    worker = Worker(WorkerConfig(url=url, study="s", objective="noop", heartbeat_interval=1, grace_period=1,
+                                 max_retries=3))
+    target = worker._target("s")
+    (trial,) = target.study.get_trials()
+    storage = worker.storage
+    storage.set_trial_state_values(trial._trial_id, TrialState.RUNNING)
+    storage.set_trial_user_attr(trial._trial_id, INTERRUPTS_ATTR, interrupts)
+    storage.set_trial_system_attr(trial._trial_id, "retry_history", [90, 91, 92])
+    time.sleep(2.5)
+    worker._check_stale(target, force=True)
+    trials = load_optuna_study(url, "s").get_trials()
+    assert trials[0].state == TrialState.FAIL
+    waiting = [t for t in trials if t.state == TrialState.WAITING]
     assert bool(waiting) is requeued
+    row = load_study(url, "s").trials.iloc[0]
     if requeued:
-        assert waiting[0].params == {"x": 1.0}
+        assert waiting[0].params == trial.params and waiting[0].user_attrs[SLOT_ATTR] == 0
+        assert row["state"] == "waiting" and row["trial_number"] == waiting[0].number
+    else:
+        assert row["state"] == "failed" and "lost 4 times" in row["error"]
+        assert worker._repair(target) is False  # failed for good: the repair pass leaves it
 
 
 @pytest.mark.slow
@@ -118,5 +132,6 @@ def test_a_forever_worker_follows_a_study_deleted_and_created_again(request, bac
     finally:
         worker.terminate()
         _, err = worker.communicate(timeout=60)
+        print(err[-4000:])  # shown when the test fails
     assert worker.returncode == 0, err
     assert "Traceback" not in err
