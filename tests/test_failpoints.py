@@ -158,7 +158,7 @@ def test_study_repair_command_reports_what_it_did(sqlite_url: str) -> None:
     storage.set_trial_state_values(
         storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name("fp"), number),
         TrialState.FAIL)
-    for expected in ("re-queued 1 lost slots", "nothing to repair"):
+    for expected in ("re-queued 1 lost slot [", "nothing to repair"):
         done = subprocess.run([sys.executable, "-m", "sweep.cli", "study", "repair", "fp", "--storage",
                                sqlite_url], cwd=ROOT, env=env_with(), capture_output=True, text=True,
                               timeout=120)
