@@ -33,7 +33,7 @@ from storage.engine import (
     with_retry,
 )
 from storage.errors import OdysseyError
-from storage.results import READ_RETRY_SECONDS, trials_dataframe
+from storage.results import READ_RETRY_SECONDS, load_study
 from storage.urls import is_sqlite, password_of, resolve_url, scrub, secrets_of
 
 EXPORT_FORMATS = ("csv", "parquet")
@@ -283,11 +283,12 @@ def export(url: str | None, study: str, path: str | os.PathLike[str], format: st
         raise OdysseyError(f"unknown export format {fmt!r}: use {' or '.join(EXPORT_FORMATS)}")
     if not target.parent.exists():
         raise OdysseyError(f"cannot write {target}: directory {target.parent} does not exist")
-    frame = trials_dataframe(url, study)
+    frame = _export_frame(url, study)
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
         os.close(fd)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make the export private to its writer
         if fmt == "csv":
             frame.to_csv(tmp, index=False, date_format="%Y-%m-%dT%H:%M:%S.%f%z")
         else:
@@ -300,6 +301,23 @@ def export(url: str | None, study: str, path: str | os.PathLike[str], format: st
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
     return target
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _export_frame(url: str | None, study: str) -> pd.DataFrame:
+    """The per-trial table, integer hyperparameters (hidden_size, ...) as integers, not 22.0."""
+    data = load_study(url, study, with_epochs=False)
+    frame = data.trials
+    for name, entry in (data.spec or {}).get("space", {}).items():
+        column = name if name in data.param_names else f"param_{name}"
+        if isinstance(entry, dict) and entry.get("type") == "int" and column in frame:
+            frame[column] = frame[column].round().astype("Int64")
+    return frame
 
 
 def read_export(path: str | os.PathLike[str]) -> pd.DataFrame:

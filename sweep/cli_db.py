@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from sweep.cli_query import STORAGE_HELP
+from sweep.cli_common import storage_option
 
 
 @click.group()
@@ -13,8 +13,8 @@ def db() -> None:
 
 
 @db.command()
-@click.option("--storage", default=None, help=STORAGE_HELP)
-def upgrade(storage: str | None) -> None:
+@storage_option
+def upgrade(url: str | None) -> None:
     """Upgrade the results tables (and Optuna's) to this release's schema.
 
     Stop the workers of the old release first: they would write rows of the old schema.
@@ -22,7 +22,7 @@ def upgrade(storage: str | None) -> None:
     from storage.schema_version import upgrade_database
     from storage.urls import mask_url, resolve_url
 
-    url = resolve_url(storage)
+    url = resolve_url(url)
     before, after = upgrade_database(url)
     if before == after:
         click.echo(f"results schema of {mask_url(url)} is current (revision {after})")

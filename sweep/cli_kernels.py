@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import click
@@ -42,13 +43,15 @@ def family_kernels(device: str) -> dict[str, str]:
 def prepare_kernels(objective: str | None = None) -> None:
     """Load the C++ kernels, compiling them first if this machine has no build (announced on stderr with
     its elapsed time); `odyssey run`, `worker` and `train` call this before they start anything, so that no
-    trial's time includes the build. The test objectives (`noop`, `sleep:SECONDS`) train nothing: skipped."""
+    trial's time includes the build. The test objectives (`noop`, `sleep:SECONDS`) train nothing: skipped.
+    Loaded kernels are logged (INFO, logger `odyssey.kernels`) in the words of `odyssey kernels`, so that a
+    worker's log shows which kernels its trials run on."""
     from sweep import kernels
     from sweep.objective import ENV_VAR
 
     name = objective or os.environ.get(ENV_VAR) or "train"
-    if name != "noop" and not name.startswith("sleep:"):
-        kernels.load()
+    if name != "noop" and not name.startswith("sleep:") and kernels.load() is not None:
+        logging.getLogger("odyssey.kernels").info("C++ kernels: loaded (%s)", kernels.status().path)
 
 
 @click.command()

@@ -10,8 +10,7 @@ import click
 import pandas as pd
 
 from storage.errors import OdysseyError
-
-STORAGE_HELP = "Storage URL (default: $ODYSSEY_STORAGE, else sqlite:///odyssey.db)."
+from sweep.cli_common import out_option, plural, print_table, storage_option
 
 
 def _cell(value: object) -> str:
@@ -23,7 +22,6 @@ def _cell(value: object) -> str:
 
 
 def _print_table(frame: pd.DataFrame) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(show_lines=False, header_style="bold")
@@ -33,27 +31,28 @@ def _print_table(frame: pd.DataFrame) -> None:
         table.add_column(str(column), justify="right" if numeric else "left")
     for row in frame.itertuples(index=False, name=None):
         table.add_row(*(_cell(v) for v in row))
-    Console().print(table)
-    click.echo(f"({len(frame)} row{'s' if len(frame) != 1 else ''})", err=True)
+    print_table(table)
+    click.echo(f"({plural(len(frame), 'row')})", err=True)
 
 
 @click.command()
 @click.argument("sql")
-@click.option("--storage", "storage_url", metavar="URL", help=STORAGE_HELP)
+@storage_option
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
               show_default=True, help="Output format.")
 @click.option("--max-rows", type=click.IntRange(min=1), default=None, help="Fetch at most this many rows.")
-def query(sql: str, storage_url: str | None, fmt: str, max_rows: int | None) -> None:
+def query(sql: str, url: str | None, fmt: str, max_rows: int | None) -> None:
     """Run one read-only SQL statement on the results database ("-" reads it from stdin).
 
     Tables: odyssey_studies, odyssey_trials, odyssey_params, odyssey_epochs (see docs/results-schema.md).
-    Statements that would change anything are refused.
+    Statements that would change anything are refused. Without --storage, $ODYSSEY_QUERY_STORAGE (a
+    read-only role's URL, its password in $ODYSSEY_QUERY_PASSWORD) comes before $ODYSSEY_STORAGE.
     """
     from storage.query import run_readonly
 
     if sql == "-":
         sql = sys.stdin.read()
-    frame = run_readonly(storage_url, sql, max_rows=max_rows)
+    frame = run_readonly(url, sql, max_rows=max_rows)
     if fmt == "csv":
         click.echo(frame.to_csv(index=False), nl=False)
     elif fmt == "json":
@@ -64,18 +63,17 @@ def query(sql: str, storage_url: str | None, fmt: str, max_rows: int | None) -> 
 
 @click.command()
 @click.argument("study")
-@click.option("--storage", "storage_url", metavar="URL", help=STORAGE_HELP)
+@storage_option
 @click.option("--format", "fmt", type=click.Choice(["csv", "parquet"]), default=None,
               help="File format (default: from the output file's suffix, else csv).")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Output file (default: STUDY.csv or STUDY.parquet).")
-def export(study: str, storage_url: str | None, fmt: str | None, output: Path | None) -> None:
+@out_option("Output file (default: STUDY.csv or STUDY.parquet).", dir_okay=False)
+def export(study: str, url: str | None, fmt: str | None, out: Path | None) -> None:
     """Write a study's trials, one row per trial with its hyperparameters and results, to a file."""
     from storage.query import export as export_study
 
-    if output is None:
-        output = Path(f"{study}.{fmt or 'csv'}")
-    elif fmt is None and output.suffix.lstrip(".") not in ("csv", "parquet"):
-        raise OdysseyError(f"cannot tell the format of {output}: pass --format csv or --format parquet")
-    path = export_study(storage_url, study, output, fmt)
+    if out is None:
+        out = Path(f"{study}.{fmt or 'csv'}")
+    elif fmt is None and out.suffix.lstrip(".") not in ("csv", "parquet"):
+        raise OdysseyError(f"cannot tell the format of {out}: pass --format csv or --format parquet")
+    path = export_study(url, study, out, fmt)
     click.echo(f"wrote {path}", err=True)

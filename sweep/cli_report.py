@@ -9,15 +9,13 @@ import click
 from rich.console import Console
 
 from analysis import TARGETS
+from sweep.cli_common import out_option, report_dir, storage_option
 
 
 @click.command()
 @click.argument("study")
-@click.option("--storage", "url", default=None, help="Storage URL (default: $ODYSSEY_STORAGE, else sqlite).")
-@click.option(
-    "-o", "--output", "outdir", type=click.Path(file_okay=False, path_type=Path), default=None,
-    help="Directory for report.html and the CSV/JSON files (default: report-STUDY).",
-)  # fmt: skip
+@storage_option
+@out_option("Folder for report.html and the CSV/JSON files (default: reports/STUDY).", file_okay=False)
 @click.option(
     "--target", type=click.Choice(TARGETS), default="best_test", show_default=True,
     help="Trial column the statistics and fANOVA analyse.",
@@ -33,7 +31,7 @@ from analysis import TARGETS
 @click.option("--jobs", type=click.IntRange(1, 64), default=None,
               help="Forests fitted at once [default: one per CPU].")  # fmt: skip
 def report(
-    study: str, url: str | None, outdir: Path | None, target: str, select_by: str | None, seed: int,
+    study: str, url: str | None, out: Path | None, target: str, select_by: str | None, seed: int,
     n_trees: int, jobs: int | None,
 ) -> None:
     """Analyse STUDY (statistics, fANOVA, figures) and write a self-contained HTML report."""
@@ -49,7 +47,7 @@ def report(
 
     progress(f"storage {mask_url(resolved)}")
     path = build_report(
-        resolved, study, outdir or Path(f"report-{study}"), target=target, select_by=select_by, seed=seed,
+        resolved, study, report_dir(study, out), target=target, select_by=select_by, seed=seed,
         n_trees=n_trees, jobs=jobs, progress=progress,
     )  # fmt: skip
     click.echo(f"report written to {path.resolve()}")

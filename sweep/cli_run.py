@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+import shlex
 import sys
 import time
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
 import click
 
 from storage.urls import mask_url, resolve_url
+from sweep.cli_common import out_option, plural, report_dir, storage_option
 
 if TYPE_CHECKING:  # sweep.run pulls in the training stack: imported only when a run starts
     from sweep.run import Progress
@@ -66,27 +69,27 @@ class _Display:
 
 @click.command()
 @click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
-@click.option("--storage", "url", default=None, metavar="URL",
-              help="Storage URL (default: $ODYSSEY_STORAGE, else sqlite:///odyssey.db).")
+@storage_option
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Local worker processes (default: one per GPU, else one per CPU core).")
 @click.option("--devices", default="auto", show_default=True,
               help="auto (every GPU, else cpu), cpu, or a list such as cuda:0,cuda:1.")
-@click.option("-o", "--out", default=None, metavar="DIR", help="Report folder (default: reports/<study>).")
+@out_option("Report folder (default: reports/STUDY).", file_okay=False)
 @click.option("--no-report", is_flag=True, help="Only run the trials.")
 @click.option("--objective", default=None, hidden=True, help="Objective override for tests (see worker).")
 @click.option("--heartbeat", "heartbeat_interval", type=click.IntRange(min=1), default=10, hidden=True)
 @click.option("--grace", "grace_period", type=click.IntRange(min=2), default=60, hidden=True)
-def run(spec_path: str, url: str | None, workers: int | None, devices: str, out: str | None,
+def run(spec_path: str, url: str | None, workers: int | None, devices: str, out: Path | None,
         no_report: bool, objective: str | None, heartbeat_interval: int, grace_period: int) -> None:
     """Create (or resume) the study of SPEC, run local workers until it is done, and write its report.
 
     Ctrl-C stops cleanly (running trials go back to the queue); run the same command again to resume.
+    A study that is already complete is not run again: its report's path is printed.
     """
     import optuna
 
     from sweep.cli_kernels import prepare_kernels
-    from sweep.run import default_workers, output_dir, run_study
+    from sweep.run import default_workers, read_progress, run_study
     from sweep.spec import load_spec
     from sweep.study import create_study
     from sweep.worker import resolve_devices
@@ -95,14 +98,25 @@ def run(spec_path: str, url: str | None, workers: int | None, devices: str, out:
                         stream=sys.stderr)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = load_spec(spec_path)
+    # Every argument is checked before anything is written: a bad --devices creates no study.
+    device_list = resolve_devices(devices, objective)
     resolved = resolve_url(url)
     click.echo(f"storage {mask_url(resolved)}", err=True)
     created = create_study(resolved, spec)
     click.echo(created.message if created.created else f"resuming study {spec.name!r}", err=True)
-    device_list = resolve_devices(devices, objective)
+    target = report_dir(spec.name, out)
+    storage_arg = ["--storage", mask_url(resolved)] if url else []
+    if not created.created:
+        already = read_progress(resolved, spec, time.monotonic())
+        if already.total and already.finished >= already.total:
+            _complete(spec.name, already.total, target, storage_arg, no_report, out is not None)
+            if no_report or (target / "report.html").exists():
+                return
+            _write_report(resolved, spec.name, target)
+            return
     prepare_kernels(objective)
     n_workers = workers or (len(device_list) if device_list != ["cpu"] else default_workers())
-    click.echo(f"{n_workers} worker(s) on {', '.join(device_list)}", err=True)
+    click.echo(f"{plural(n_workers, 'worker')} on {', '.join(device_list)}", err=True)
     live = sys.stderr.isatty()
     try:
         with _Display(list(spec.variants), live) as display:
@@ -110,16 +124,38 @@ def run(spec_path: str, url: str | None, workers: int | None, devices: str, out:
                              heartbeat_interval=heartbeat_interval, grace_period=grace_period,
                              objective=objective)
     except KeyboardInterrupt:
-        click.echo(f"stopped; running trials went back to the queue. Resume with: odyssey run {spec_path}"
-                   + (f" --storage {mask_url(resolved)}" if url else ""), err=True)
+        # The same command resumes: same spec, storage, report folder and worker settings.
+        again = ["odyssey", "run", spec_path, *storage_arg]
+        again += ["-o", str(out)] if out is not None else []
+        again += ["--workers", str(workers)] if workers else []
+        again += ["--devices", devices] if devices != "auto" else []
+        again += ["--no-report"] if no_report else []
+        again += ["--objective", objective] if objective else []
+        click.echo(f"stopped; running trials went back to the queue. Resume with: {shlex.join(again)}",
+                   err=True)
         raise SystemExit(130) from None
     if not done:
         click.echo("the study is not finished (trials left that no worker could take)", err=True)
     if no_report:
         return
+    _write_report(resolved, spec.name, target)
+
+
+def _complete(study: str, total: int, target: Path, storage_arg: list[str], no_report: bool,
+              out_given: bool) -> None:
+    """Say that the study needs no more work, and how to (re)build its report."""
+    click.echo(f"study {study!r} is complete ({plural(total, 'trial')} finished): no trial left to run",
+               err=True)
+    page = target / "report.html"
+    if no_report or not page.exists():
+        return
+    rebuild = ["odyssey", "report", study, *storage_arg, *(["-o", str(target)] if out_given else [])]
+    click.echo(f"to rebuild the report: {shlex.join(rebuild)}", err=True)
+    click.echo(f"report: {page}")
+
+
+def _write_report(url: str, study: str, target: Path) -> None:
     from analysis.report import build_report
 
-    target = output_dir(spec, out)
-    path = build_report(resolved, spec.name, target,
-                        progress=lambda msg: click.echo(f"report: {msg}", err=True))
+    path = build_report(url, study, target, progress=lambda msg: click.echo(f"report: {msg}", err=True))
     click.echo(f"report: {path}")

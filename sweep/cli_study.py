@@ -8,11 +8,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from storage.urls import mask_url, resolve_url
-
-storage_option = click.option(
-    "--storage", "url", default=None, metavar="URL",
-    help="sqlite:///PATH or postgresql://USER:PASSWORD@HOST/DB (default: $ODYSSEY_STORAGE, else sqlite:///odyssey.db).",
-)
+from sweep.cli_common import plural, print_table, storage_option
 
 
 @click.group()
@@ -35,8 +31,9 @@ def create(spec_path: str, url: str | None, skip_data_check: bool) -> None:
     spec = load_spec(spec_path)
     resolved = resolve_url(url)
     console = Console(stderr=True)
+    # Only on a terminal: elsewhere rich would leave an empty line on stderr, above the result line.
     with Progress(TextColumn("enqueueing"), BarColumn(), MofNCompleteColumn(), console=console,
-                  transient=True) as progress:
+                  transient=True, disable=not console.is_terminal) as progress:
         task = progress.add_task("enqueue", total=None)
 
         def update(done: int, total: int) -> None:
@@ -66,7 +63,7 @@ def list_(url: str | None) -> None:
             table.add_column(column, justify="right")
     for row in frame.itertuples(index=False):
         table.add_row(*(str(getattr(row, c)) for c in columns))
-    Console().print(table)
+    print_table(table)
 
 
 def _duration(seconds: float | None) -> str:
@@ -95,15 +92,15 @@ def status(name: str, url: str | None) -> None:
         table.add_row(entry.variant, *(str(entry.counts[s]) for s in STATES))
     totals = info.totals
     table.add_row("total", *(str(totals[s]) for s in STATES), style="bold")
-    console = Console()
-    console.print(table)
+    print_table(table)
     rate = "unknown" if info.throughput_per_hour is None else f"{info.throughput_per_hour:.1f} trials/hour"
     left = totals["waiting"] + totals["running"] + info.lost
     eta = "done" if left == 0 else _duration(info.eta_seconds)
-    console.print(f"throughput: {rate}; left: {left}; ETA: {eta}")
+    click.echo(f"throughput: {rate}; left: {left}; ETA: {eta}")
     if info.lost or info.extra:
-        console.print(f"[bold red]{info.lost} slots lost (no live trial), {info.extra} extra trials[/]; "
-                      f"`odyssey study repair {name}` re-queues lost slots and withdraws waiting duplicates")
+        Console().print(f"[bold red]{plural(info.lost, 'slot')} lost (no live trial), "
+                        f"{plural(info.extra, 'extra trial')}[/]; `odyssey study repair {name}` re-queues "
+                        "lost slots and withdraws waiting duplicates")
 
 
 @study.command()
@@ -119,8 +116,8 @@ def repair(name: str, url: str | None) -> None:
     if not done.requeued and not done.withdrawn:
         click.echo(f"study {name!r}: every slot has exactly one live or final trial; nothing to repair")
         return
-    click.echo(f"study {name!r}: re-queued {len(done.requeued)} lost slots {done.requeued}; "
-               f"withdrew {len(done.withdrawn)} duplicate trials {done.withdrawn}")
+    click.echo(f"study {name!r}: re-queued {plural(len(done.requeued), 'lost slot')} {done.requeued}; "
+               f"withdrew {plural(len(done.withdrawn), 'duplicate trial')} {done.withdrawn}")
 
 
 @study.command()

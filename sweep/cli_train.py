@@ -15,6 +15,9 @@ from sweep.cells_variants import VARIANTS
 if TYPE_CHECKING:
     from sweep.training import EpochReport
 
+# Datasets without a bundled copy: what --data must point at.
+_DATA_NEEDED = {"ptb": "a directory holding ptb.train/valid/test.txt", "char": "a UTF-8 text file"}
+
 
 @click.command()
 @click.option(
@@ -72,6 +75,8 @@ def train(dataset_name: str, data_path: str | None, threads: int | None, **setti
     resolve_device(config.device)  # fail before loading data
     if data_path is not None and dataset_name == "synthetic":
         raise OdysseyError("synthetic: takes no --data")
+    if data_path is None and dataset_name in _DATA_NEEDED:
+        raise OdysseyError(f"{dataset_name}: --data is required ({_DATA_NEEDED[dataset_name]})")
     dataset = load_dataset(dataset_name, path=data_path)
     prepare_kernels()
     console = Console()

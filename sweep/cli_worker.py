@@ -10,11 +10,11 @@ import click
 
 from storage.engine import require_existing_database
 from storage.urls import mask_url, resolve_url
+from sweep.cli_common import storage_option
 
 
 @click.command()
-@click.option("--storage", "url", default=None, metavar="URL",
-              help="Storage URL (default: $ODYSSEY_STORAGE, else sqlite:///odyssey.db).")
+@storage_option
 @click.option("--study", "study_name", default=None, help="Work on this study only (default: every study).")
 @click.option("--devices", default="auto", show_default=True,
               help="auto (every GPU, else cpu), cpu, or a list such as cuda:0,cuda:1.")

@@ -15,7 +15,6 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import pandas as pd
 
@@ -28,7 +27,6 @@ from sweep.worker import WorkerConfig, _die_with_parent
 log = logging.getLogger(f"odyssey.{__name__}")
 
 
-
 @dataclass
 class Progress:
     """One look at a running study: per-variant finished/total counts and the best score so far."""
@@ -38,13 +36,16 @@ class Progress:
     per_variant: dict[str, tuple[int, int]]  # variant -> (finished, total)
     best: dict[str, float]  # variant -> lowest validation value of the dataset's primary metric
     running: int
-    elapsed: float
+    elapsed: float  # seconds since this session started
+    finished_before: int = 0  # trials already finished when this session started (a resumed study)
 
     @property
     def eta_seconds(self) -> float | None:
-        if self.finished == 0 or self.finished >= self.total:
+        """Seconds left at this session's pace: only trials finished since it started count."""
+        done_here = self.finished - self.finished_before
+        if done_here <= 0 or self.finished >= self.total:
             return None
-        return self.elapsed / self.finished * (self.total - self.finished)
+        return self.elapsed / done_here * (self.total - self.finished)
 
 
 def default_workers() -> int:
@@ -52,8 +53,9 @@ def default_workers() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def read_progress(url: str, spec: StudySpec, started: float) -> Progress:
-    """Count finished trials per variant from the results tables."""
+def read_progress(url: str, spec: StudySpec, started: float, finished_before: int = 0) -> Progress:
+    """Count finished trials per variant from the results tables (``started``: time.monotonic() at the
+    session's start; ``finished_before``: trials finished before it, left out of the ETA's pace)."""
     trials = results.load_study(url, spec.name, with_epochs=False).trials
     per_variant: dict[str, tuple[int, int]] = {}
     best: dict[str, float] = {}
@@ -67,7 +69,7 @@ def read_progress(url: str, spec: StudySpec, started: float) -> Progress:
     finished = sum(d for d, _ in per_variant.values())
     total = sum(t for _, t in per_variant.values())
     running = int((trials["state"] == "running").sum())
-    return Progress(total, finished, per_variant, best, running, time.monotonic() - started)
+    return Progress(total, finished, per_variant, best, running, time.monotonic() - started, finished_before)
 
 
 def _supervise(config: WorkerConfig, devices: list[str], jobs: int, log_level: int) -> None:
@@ -117,10 +119,11 @@ def run_study(
     config = WorkerConfig(url=url, study=spec.name, heartbeat_interval=heartbeat_interval,
                           grace_period=grace_period, objective=objective, poll_interval=min(poll, 2.0))
     started = time.monotonic()
+    before = read_progress(url, spec, started).finished
     proc = _start_supervisor(config, slots, 1)
     try:
         while proc.is_alive():
-            on_progress(read_progress(url, spec, started))
+            on_progress(read_progress(url, spec, started, before))
             proc.join(poll)
     finally:
         # Whatever ended the loop (Ctrl-C, a database gone for longer than the retry budget, a bug in the
@@ -133,11 +136,7 @@ def run_study(
             proc.join()
     if proc.exitcode != 0:
         raise OdysseyError(f"a worker failed (exit status {proc.exitcode}); see the log lines above")
-    final = read_progress(url, spec, started)
+    final = read_progress(url, spec, started, before)
     on_progress(final)
     return final.finished >= final.total
 
-
-def output_dir(spec: StudySpec, out: str | None) -> Path:
-    """The report folder: `-o DIR`, else reports/<study name>."""
-    return Path(out) if out else Path("reports") / spec.name

@@ -25,6 +25,7 @@ from storage.errors import OdysseyError
 from storage.failpoints import failpoint
 from storage.locks import named_lock
 from storage.schema import FINISHED_STATES, STATES
+from sweep.cli_common import plural
 from sweep.objective import name_metric
 from sweep.spec import StudySpec, design_points, parse_spec
 
@@ -251,8 +252,8 @@ def _create_locked(url: str, storage: Any, spec: StudySpec,
     verb = "created" if existing is None else "completed the interrupted creation of"
     return CreateResult(
         spec.name, True, len(missing), len(rows),
-        f"{verb} study {spec.name!r}: {len(missing)} trials enqueued "
-        f"({len(spec.variants)} variants x {spec.trials_per_variant}, design {spec.design})",
+        f"{verb} study {spec.name!r}: {plural(len(missing), 'trial')} enqueued "
+        f"({plural(len(spec.variants), 'variant')} x {spec.trials_per_variant}, design {spec.design})",
     )
 
 
@@ -516,7 +517,9 @@ def study_status(url: str, name: str) -> StudyStatus:
         sub = trials[trials["variant"] == variant]
         counts.append(VariantStatus(variant, {s: int((sub["state"] == s).sum()) for s in STATES}))
     throughput = eta = None
-    done = trials[trials["state"].isin(FINISHED_STATES)]
+    # The pace of trials that trained: failed trials often fail in a second, which says nothing of how
+    # long the waiting ones will take.
+    done = trials[trials["state"].isin(FINISHED_STATES) & (trials["state"] != "failed")]
     if len(done) and "finished_at" in trials and "started_at" in trials:
         start = pd.to_datetime(trials["started_at"]).min()
         end = pd.to_datetime(done["finished_at"]).max()

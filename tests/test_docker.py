@@ -509,6 +509,54 @@ def test_no_secret_literals_and_env_is_ignored() -> None:
         assert ignored_by_docker(path, patterns), f".dockerignore lets {path} into the image"
 
 
+def test_dockerfile_needs_no_frontend_image() -> None:
+    # `# syntax=docker/dockerfile:1` pulls a frontend image from a registry on every build; the built-in
+    # frontend of Docker >= 20.10 handles everything the Dockerfile uses (cache mounts included).
+    assert not re.search(r"(?im)^#\s*syntax\s*=", DOCKERFILE.read_text())
+
+
+@pytest.mark.parametrize("stack", sorted(STACKS))
+def test_one_service_builds_the_one_image_of_the_stack(stack: str) -> None:
+    services = interpolate(model(STACKS[stack]), example_env())["services"]
+    builders = [name for name, svc in services.items() if "build" in svc]
+    assert builders == ["db-init"], "one build per `up`: every other service reuses db-init's image"
+    odyssey = {svc["image"] for name, svc in services.items() if name != "postgres"}
+    assert len(odyssey) == 1, odyssey
+    assert {svc.get("pull_policy") for name, svc in services.items() if name != "postgres"} == {"never"}
+    # db-init runs before every other odyssey service of `up`, so its image is built before they start.
+    for name, svc in services.items():
+        if name not in ("postgres", "db-init", "cli"):
+            assert "db-init" in svc["depends_on"], name
+
+
+@pytest.mark.parametrize("name", (BASE, WORKERS))
+def test_build_passes_the_torch_index_from_env(name: str) -> None:
+    mirror = "https://mirror.example/torch/cpu"
+    build = interpolate(model((name,)), example_env(TORCH_INDEX_URL=mirror))["services"]["db-init"]["build"]
+    assert build["args"]["TORCH_INDEX_URL"] == mirror
+    unset = interpolate(model((name,)), example_env())["services"]["db-init"]["build"]
+    assert unset["args"]["TORCH_INDEX_URL"] == "", "unset: the Dockerfile's default index for TORCH_VARIANT"
+
+
+def test_tls_keys_stay_out_of_git_and_the_image(tmp_path: Path) -> None:
+    keys = ("certs/server.key", "certs/server.crt", "certs/root.crt", "server.key", "docker/tls/client.pem",
+            "deploy/host.p12")
+    patterns = dockerignore_patterns()
+    for path in keys:
+        assert ignored_by_docker(path, patterns), f".dockerignore lets {path} into the build context"
+    checked = subprocess.run(["git", "check-ignore", "--no-index", *keys], cwd=ROOT, capture_output=True,
+                             text=True, check=False)
+    assert sorted(checked.stdout.split()) == sorted(keys), f"git would track: {checked.stdout}"
+
+
+def test_env_example_tells_how_to_quote_a_dollar() -> None:
+    text = (ROOT / ".env.example").read_text()
+    assert "$$" in text and re.search(r"POSTGRES_PASSWORD='[^']*\$[^']*'", text), \
+        ".env.example must say how to keep a `$` in a value (Compose expands it otherwise)"
+    # The example is right about Compose: `$cd` in an unquoted value is a variable.
+    assert interpolate_text("ab$cd#ef", {}) == "ab#ef" and interpolate_text("ab$$cd", {}) == "ab$cd"
+
+
 def test_build_context_and_dockerfile_references_exist(dockerfile: Parsed) -> None:
     patterns = dockerignore_patterns()
     for name in (BASE, WORKERS):
@@ -562,7 +610,10 @@ def test_dockerfile_is_multistage_with_a_torch_build_argument(dockerfile: Parsed
     assert args.get("TORCH_VARIANT", "").split("=")[1] in ("cpu", "cu124")
     torch_install = [i for i in builder.find("RUN") if "TORCH_INDEX_URL" in i.args]
     assert torch_install and "--index-url" in torch_install[0].args
-    assert "${TORCH_VARIANT}" in args["TORCH_INDEX_URL"]
+    # An empty TORCH_INDEX_URL (what compose passes when .env leaves it unset) means TORCH_VARIANT's index.
+    assert args["TORCH_INDEX_URL"] == "TORCH_INDEX_URL="
+    default = "${TORCH_INDEX_URL:-https://download.pytorch.org/whl/${TORCH_VARIANT}}"
+    assert f'--index-url "{default}"' in torch_install[0].args
     assert any(f"--from={builder.name}" in i.args for i in runtime.find("COPY")), "runtime copies the venv"
     assert not runtime.find("RUN") or all("pip install" not in i.args for i in runtime.find("RUN"))
 
@@ -583,9 +634,17 @@ def test_runtime_runs_odyssey_as_a_non_root_user(dockerfile: Parsed) -> None:
     _, stages = dockerfile
     runtime = stages[-1]
     users = runtime.find("USER")
-    assert users and users[-1].args not in ("root", "0", "0:0"), "final stage must drop root"
+    # The host user's uid (ODYSSEY_UID), by default 1000: root only when the host user is root.
+    assert users and users[-1].args == "${APP_UID}:${APP_GID}"
+    args = dict(i.args.split("=", 1) for i in runtime.find("ARG"))
+    assert args["APP_UID"] == args["APP_GID"] == "1000", "by default the final stage drops root"
     after = [i.args for i in runtime.find("RUN") if i.line > users[-1].line]
     assert after == ["odyssey kernels --require"], "after USER, only the check that runs as the app user"
+    # A uid the base image has already (0 when the host user is root) is used as it is: `useradd --uid 0`
+    # would fail the build ("UID 0 is not unique").
+    (create,) = [i.args for i in runtime.find("RUN") if "useradd" in i.args]
+    assert 'if getent passwd "${APP_UID}"' in create
+    assert create.index("getent passwd") < create.index("useradd")
     (entrypoint,) = runtime.find("ENTRYPOINT")
     assert entrypoint.exec_form() == ["odyssey"]
     for stage in stages:
@@ -824,9 +883,9 @@ def test_guide_cpu_switch_selects_the_cpu_override_and_build(tmp_path: Path) -> 
     assert files == STACKS["cpu"]
     services = interpolate(model(files), env)["services"]
     assert "deploy" not in services["worker"]
-    for name in ("worker", "dashboard", "cli"):
+    for name in ("db-init", "worker", "dashboard", "cli"):
         assert services[name]["image"] == "lstm-odyssey:cpu"
-        assert services[name]["build"]["args"]["TORCH_VARIANT"] == "cpu"
+    assert services["db-init"]["build"]["args"]["TORCH_VARIANT"] == "cpu"
 
 
 def test_multi_host_env_starts_a_remote_worker() -> None:

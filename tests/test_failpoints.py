@@ -158,7 +158,7 @@ def test_study_repair_command_reports_what_it_did(sqlite_url: str) -> None:
     storage.set_trial_state_values(
         storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name("fp"), number),
         TrialState.FAIL)
-    for expected in ("re-queued 1 lost slots", "nothing to repair"):
+    for expected in ("re-queued 1 lost slot [", "nothing to repair"):
         done = subprocess.run([sys.executable, "-m", "sweep.cli", "study", "repair", "fp", "--storage",
                                sqlite_url], cwd=ROOT, env=env_with(), capture_output=True, text=True,
                               timeout=120)
@@ -350,7 +350,7 @@ def test_status_shows_lost_and_extra_slots_and_repair_fixes_both(sqlite_url: str
     assert (status.lost, status.extra) == (1, 1)
     done = subprocess.run([sys.executable, "-m", "sweep.cli", "study", "status", "fp", "--storage",
                            sqlite_url], cwd=ROOT, env=env_with(), capture_output=True, text=True, timeout=120)
-    assert "1 slots lost (no live trial), 1 extra trials" in " ".join(done.stdout.split()), done.stdout
+    assert "1 slot lost (no live trial), 1 extra trial" in " ".join(done.stdout.split()), done.stdout
     repaired = repair_study(sqlite_url, "fp")
     assert len(repaired.requeued) == 1 and len(repaired.withdrawn) == 1
     assert (study_status(sqlite_url, "fp").lost, study_status(sqlite_url, "fp").extra) == (0, 0)

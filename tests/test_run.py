@@ -78,7 +78,10 @@ def test_run_interrupted_with_ctrl_c_resumes_to_a_complete_study_and_report(tmp_
     os.killpg(first.pid, signal.SIGINT)
     out, err = first.communicate(timeout=60)
     assert first.returncode == 130, err
-    assert "Resume with: odyssey run" in err
+    # The hint resumes the same run: same storage, same report folder, same workers.
+    hint = next(line for line in err.splitlines() if "Resume with:" in line).split("Resume with: ")[1]
+    assert hint.startswith(f"odyssey run {spec} --storage {url} ")
+    assert f" -o {tmp_path / 'rep'}" in hint and " --workers 2" in hint, hint
     assert "Traceback" not in err, err
 
     partial = load_study(url, "run-tiny").trials
