@@ -226,7 +226,8 @@ class _Report:
                                   if v is not None) or "?",
         }  # fmt: skip
         setup.update(_time_spent(a.trials))
-        setup["diverged rule"] = f"{DIVERGED_RULE} Capped here: {done['capped']} trial(s)."
+        capped = _count(pd.Series([done["capped"]]), "trial")
+        setup["diverged rule"] = f"{DIVERGED_RULE} Capped here: {capped}."
         rows = "".join(
             f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in setup.items()
         )
@@ -265,7 +266,7 @@ class _Report:
         pct = f"{a.top_fraction:.0%}"
         self.small_top = (
             f"Small sample: the best {pct} of {_names(small_top)} hold{'s' if len(small_top) == 1 else ''} "
-            f"only {_range(small_top['top_n'])} trial(s) (at least {MIN_TOP_TRIALS} needed), so their "
+            f"only {_count(small_top['top_n'], 'trial')} (at least {MIN_TOP_TRIALS} needed), so their "
             "boxes, means and t-tests say little."
             if len(small_top) else ""
         )  # fmt: skip
@@ -281,9 +282,9 @@ class _Report:
         lines = [t for t in (self.small_top, self.small_forest) if t]
         head = ""
         if a.too_small:
-            per = _range(variants["trials"])
+            per = _count(variants["trials"], "finished trial")
             head = (
-                f"<p><strong>This study is too small for any conclusion: with {per} finished trial(s) per "
+                f"<p><strong>This study is too small for any conclusion: with {per} per "
                 "variant, neither the comparison of variants nor the per-variant fANOVA has the trials it "
                 "needs; treat the figures as a check that the sweep runs.</strong></p>"
             )
@@ -414,6 +415,11 @@ def _names(frame: pd.DataFrame) -> str:
 def _range(values: pd.Series) -> str:
     lo, hi = int(values.min()), int(values.max())
     return str(lo) if lo == hi else f"{lo}-{hi}"
+
+
+def _count(values: pd.Series, noun: str) -> str:
+    """`1 trial`, `2 trials`, `1-3 trials`: the range of ``values`` with ``noun`` in the right number."""
+    return f"{_range(values)} {noun}{'' if int(values.min()) == int(values.max()) == 1 else 's'}"
 
 
 def _stats_table(stats: pd.DataFrame, several: bool) -> str:

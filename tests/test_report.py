@@ -59,7 +59,7 @@ def test_report_has_every_figure_guide_and_setup_with_plotlyjs_embedded_once(ful
     assert 'id="setup"' in page and "log10(1 - momentum)" in page and "forget_bias" in page
     assert "150 of 150 planned trials finished (100%)" in page
     capped = int(data.trials["best_test"].isna().sum())
-    assert capped > 0 and f"Capped here: {capped} trial(s)" in page
+    assert capped > 0 and f"Capped here: {capped} trial{'s' if capped != 1 else ''}." in page
 
 
 def test_report_numbers_are_written_and_sensible(full):
@@ -520,7 +520,7 @@ def test_small_study_says_so_at_the_top_and_beside_each_figure(tmp_path):
     page = read(build_report_from_data(data, tmp_path, n_trees=8))
     top = page[page.index("<h1>"):page.index('id="setup"')]
     assert 'id="sample-size"' in top and "This study is too small for any conclusion" in top
-    assert "hold only 2 trial(s) (at least 5 needed)" in top
+    assert "hold only 2 trials (at least 5 needed)" in top
     # The design is paired: the pooled forest has 36 trials but only 4 distinct settings.
     assert "forests of V, NIG, NFG, NOG, NIAF, NOAF, NP, CIFG, FGR and pooled rest on only 4 distinct" in top
     for key in ("variants", "marginals", "variance", "heatmap"):
@@ -539,7 +539,7 @@ def test_a_study_with_enough_trials_has_no_sample_warning(full):
 def test_boxes_too_small_but_forests_large_enough_warns_only_about_boxes(tmp_path):
     data = synthetic_study(("V", "NP", "NFG"), trials_per_variant=30, seed=2)
     page = read(build_report_from_data(data, tmp_path, n_trees=4))
-    assert "hold only 3 trial(s)" in page and "too small for any conclusion" not in page
+    assert "hold only 3 trials" in page and "too small for any conclusion" not in page
     assert "fANOVA forests of" not in page
 
 
