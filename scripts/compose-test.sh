@@ -200,7 +200,9 @@ else
 fi
 
 # --------------------------------------------------------------------------- a worker killed mid-trial
-# A study whose trials last long enough to be caught running; the spec goes in through the reports mount.
+# A study whose trials last long enough to be caught running (about 25 s each on an idle 2-core machine:
+# with 300 training sequences a trial ended within the second the poll takes); the spec goes in through
+# the reports mount.
 cat >"$REPORTS/$KILL_STUDY.toml" <<'EOF'
 name = "compose-test-kill"
 variants = ["V"]
@@ -210,7 +212,7 @@ seed = 2
 
 [dataset]
 name = "synthetic"
-n_train = 300
+n_train = 3000
 n_valid = 16
 n_test = 16
 min_length = 20
