@@ -25,10 +25,12 @@ import jsonschema
 import pytest
 import yaml
 
+from tests.shared import shared_path
+
 ROOT = Path(__file__).resolve().parent.parent
-# The Compose specification's JSON schema, vendored so a fresh clone tests without /work/shared.
+# The Compose specification's JSON schema, vendored so that the package's tests need nothing beside it;
+# a test keeps the copy equal to the shared one (../shared beside the checkout).
 SCHEMA = ROOT / "tests" / "data" / "compose-spec.json"
-SHARED_SCHEMA = Path("/work/shared/schemas/compose-spec.json")
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 BASE, CPU, WORKERS = "docker-compose.yml", "docker-compose.cpu.yml", "docker-compose.workers.yml"
 COMPOSE_FILES = (BASE, CPU, WORKERS)
@@ -331,9 +333,8 @@ def compose_schema() -> jsonschema.Draft7Validator:
 
 
 def test_vendored_schema_is_the_shared_one() -> None:
-    if not SHARED_SCHEMA.exists():
-        pytest.skip("no shared copy of the Compose schema on this machine")
-    assert json.loads(SCHEMA.read_text()) == json.loads(SHARED_SCHEMA.read_text())
+    shared = shared_path("schemas", "compose-spec.json")
+    assert json.loads(SCHEMA.read_text()) == json.loads(shared.read_text())
 
 
 def test_schema_check_rejects_a_broken_file(compose_schema: jsonschema.Draft7Validator) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,10 +16,10 @@ from sklearn.utils.validation import check_is_fitted
 
 from analysis.fanova import Fanova
 from storage.errors import OdysseyError
+from tests.shared import SHARED, shared_path
 
-# The shared material sits beside the checkout (../shared, as in CI); a worktree elsewhere uses /work/shared.
-_REF_PLACES = (Path(__file__).resolve().parents[2] / "shared" / "fanova-ref", Path("/work/shared/fanova-ref"))
-REF = next((p for p in _REF_PLACES if p.is_dir()), None)
+# The original fanova's numbers, in the shared material beside the checkout (../shared, as in CI).
+REF = SHARED / "fanova-ref"
 SEEDS = ("", "_seed2", "_seed3")
 
 
@@ -44,8 +43,7 @@ def _resolved_order(ref: dict[str, np.ndarray]) -> list[tuple[str, str]]:
 
 @pytest.fixture(scope="module", params=["synthetic_additive", "synthetic_interaction"])
 def reference_case(request):
-    if REF is None:
-        pytest.fail("the shared fANOVA reference data (../shared/fanova-ref beside the checkout) is missing")
+    shared_path("fanova-ref")  # fails, never skips, when the reference data is missing
     X, y, bounds, runs = _reference(request.param)
     return Fanova(bounds=bounds, seed=0).fit(X, y), X, y, runs
 
