@@ -349,6 +349,10 @@ def is_transient(exc: BaseException) -> bool:
     return any(marker in text for marker in _TRANSIENT)
 
 
+def _is_lock(exc: BaseException) -> bool:
+    return "database is locked" in _messages(exc) or "database table is locked" in _messages(exc)
+
+
 def is_connection_error(exc: BaseException) -> bool:
     """Whether ``exc`` is about reaching or logging into the database (rather than a bad statement)."""
     if isinstance(exc, OdysseyError):
@@ -465,7 +469,10 @@ def with_retry(
                 raise
             now = time.monotonic()
             remaining = deadline - now
-            if url not in _connected:
+            if url not in _connected and not (is_sqlite(url) and _is_lock(exc)):
+                # A server never reached is most likely a wrong URL: fail fast. A locked SQLite file is
+                # another process opening it at the same moment (its WAL switch does not wait on the
+                # busy timeout): always worth waiting for.
                 remaining = min(remaining, start + connect_wait() - now)
             if not is_transient(exc) or remaining <= 0:
                 raise translate(exc, url, what) from None

@@ -159,6 +159,30 @@ def test_retry_rides_out_transient_errors_and_stops_on_permanent_ones(sqlite_url
     assert len(calls) == 1
 
 
+def test_a_locked_sqlite_file_is_waited_for_even_before_the_first_connection(tmp_path) -> None:
+    """Two processes opening a fresh SQLite file together: one may see 'database is locked' while the
+    other switches it to WAL; that is no wrong URL to fail fast on (it failed `study create`)."""
+    url = f"sqlite:///{tmp_path / 'never-reached.db'}"
+    calls = []
+
+    def locked_twice() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise sa.exc.OperationalError("PRAGMA journal_mode = WAL", {}, Exception("database is locked"))
+        return "ok"
+
+    assert with_retry(locked_twice, url, base_delay=0.01) == "ok" and len(calls) == 3
+
+    def unreachable() -> None:  # any other outage of a never-reached database still fails at once
+        calls.append(1)
+        raise sa.exc.OperationalError("x", {}, Exception("server closed the connection unexpectedly"))
+
+    calls.clear()
+    with pytest.raises(OdysseyError):
+        with_retry(unreachable, url, base_delay=0.01)
+    assert len(calls) == 1
+
+
 @pytest.mark.postgres
 def test_writes_ride_out_a_database_restart(pg_server, pg_url: str) -> None:
     _design(pg_url, n=1)
