@@ -25,7 +25,7 @@ from analysis import TARGETS
 from analysis.fanova import MIN_FOREST_TRIALS, MIN_ROWS, Fanova
 from analysis.space import Space, cap_diverged, finished, is_diverged, scored_trials, space_from_spec
 from analysis.stats import MIN_TOP_TRIALS, best_fraction, selection_direction, top_count, variant_stats
-from storage.errors import OdysseyError
+from sweep.core.errors import OdysseyError
 
 POOLED = "pooled"
 PAIRED_DESIGNS = ("random", "sobol")

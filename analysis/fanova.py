@@ -25,7 +25,7 @@ from sklearn.ensemble import RandomForestRegressor
 from sklearn.utils.validation import check_is_fitted
 
 from analysis.fanova_trees import TreeAnova
-from storage.errors import OdysseyError
+from sweep.core.errors import OdysseyError
 
 # A marginal's grid for one input: None (the default), a number of points, or the values themselves.
 Grid = int | Iterable[Any] | None

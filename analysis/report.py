@@ -27,7 +27,7 @@ from analysis.api import POOLED, StudyAnalysis, StudyDataLike
 from analysis.fanova import MIN_FOREST_TRIALS, MIN_ROWS
 from analysis.space import Space
 from analysis.stats import MIN_TOP_TRIALS
-from storage.errors import OdysseyError
+from sweep.core.errors import OdysseyError
 
 DIVERGED_RULE = (
     "A finished trial whose score is missing or infinite, or a diverged trial whose score is worse than the "

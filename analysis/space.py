@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from storage.errors import OdysseyError
+from sweep.core.errors import OdysseyError
 
 FINISHED_STATES = ("complete", "diverged")
 SCALES = ("linear", "log", "log1m")

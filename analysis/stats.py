@@ -19,7 +19,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from analysis.space import cap_diverged, finished, is_diverged
-from storage.errors import OdysseyError
+from sweep.core.errors import OdysseyError
 
 MIN_PAIRS = 6  # a two-sided Wilcoxon test on fewer pairs can never reach p < 0.05
 #: Fewest trials a variant's best fraction should hold for its mean, spread and t-test to say anything.

@@ -26,9 +26,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sweep import cells_base, cells_cpp  # noqa: E402
-from sweep.cells import make_recurrent  # noqa: E402
-from sweep.cells_variants import REGISTRY, VARIANTS  # noqa: E402
+from sweep.core.variants import REGISTRY, VARIANTS  # noqa: E402
+from sweep.nn import base as cells_base  # noqa: E402
+from sweep.nn.cells import make_recurrent  # noqa: E402
 
 TORCH_GRU = "torch.nn.GRU"
 
@@ -116,13 +116,13 @@ def main() -> None:
         "--backend",
         default=None,
         choices=cells_base.BACKENDS,
-        help=f"kernel of every cell that has it (sets ${cells_cpp.ENV_VAR}; default: environment, else auto)",
+        help=f"kernel of every cell that has it (sets ${cells_base.ENV_VAR}; default: environment, auto)",
     )
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated variant codes")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.backend:
-        os.environ[cells_cpp.ENV_VAR] = args.backend
+        os.environ[cells_base.ENV_VAR] = args.backend
     cells_base.requested_backend()  # an unknown value is an error before anything runs
     kernels = {
         v: make_recurrent(v, 1, 1).to(args.device).kernel_for(torch.zeros(1, device=args.device))

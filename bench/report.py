@@ -25,7 +25,7 @@ from sklearn.ensemble import RandomForestRegressor  # noqa: E402
 from analysis.report import build_report_from_data  # noqa: E402
 from analysis.space import scored_trials, space_from_spec  # noqa: E402
 from analysis.synthetic import synthetic_study  # noqa: E402
-from sweep.cells_variants import GREFF_VARIANTS as GREFF  # noqa: E402  (torch-free)
+from sweep.core.variants import GREFF_VARIANTS as GREFF  # noqa: E402  (torch-free)
 
 TARGET_SECONDS = 15.0
 

@@ -36,9 +36,9 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence, pad_se
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sweep import kernels  # noqa: E402
-from sweep.datasets import SequenceSplit  # noqa: E402
-from sweep.datasets_music import MusicDataset, load_jsb  # noqa: E402
+from sweep.data.base import SequenceSplit  # noqa: E402
+from sweep.data.music import MusicDataset, load_jsb  # noqa: E402
+from sweep.nn import kernels  # noqa: E402
 from sweep.training import EpochReport, TrainConfig, train  # noqa: E402
 
 LR, MOMENTUM, EVAL_BATCH = 1e-2, 0.9, 128

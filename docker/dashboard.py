@@ -14,7 +14,7 @@ import argparse
 import os
 import sys
 
-from storage.errors import OdysseyError
+from sweep.core.errors import OdysseyError
 
 
 def main(argv: list[str] | None = None) -> None:

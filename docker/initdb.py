@@ -28,7 +28,7 @@ import os
 import sys
 from dataclasses import dataclass
 
-from storage.errors import OdysseyError
+from sweep.core.errors import OdysseyError
 
 
 @dataclass(frozen=True)

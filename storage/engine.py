@@ -23,8 +23,8 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import StaticPool
 
-from storage.errors import OdysseyError
 from storage.urls import is_sqlite, mask_url, resolve_url, scrub, secrets_of
+from sweep.core.errors import OdysseyError
 
 log = logging.getLogger(f"odyssey.{__name__}")
 

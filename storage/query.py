@@ -32,9 +32,9 @@ from storage.engine import (
     translate,
     with_retry,
 )
-from storage.errors import OdysseyError
 from storage.results import READ_RETRY_SECONDS, load_study
 from storage.urls import is_sqlite, password_of, resolve_url, scrub, secrets_of
+from sweep.core.errors import OdysseyError
 
 EXPORT_FORMATS = ("csv", "parquet")
 #: environment variables naming the database (and its role's password) that `odyssey query` reads

@@ -20,7 +20,6 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from storage import schema_version
 from storage.engine import get_engine, sqlite_file, translated, with_retry, write_transaction
-from storage.errors import OdysseyError
 from storage.schema import (
     ERROR_MAX_CHARS,
     FINISHED_STATES,
@@ -33,6 +32,7 @@ from storage.schema import (
 )
 from storage.schema import params as param_table
 from storage.urls import is_sqlite, mask_url, resolve_url, scrub, secrets_of
+from sweep.core.errors import OdysseyError
 
 log = logging.getLogger(f"odyssey.{__name__}")
 T = TypeVar("T")

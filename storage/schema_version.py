@@ -24,7 +24,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from storage.errors import OdysseyError
+from sweep.core.errors import OdysseyError
 
 #: the revision of the tables that release 0.1.0 created without a version table
 BASELINE = "0001"

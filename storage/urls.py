@@ -8,7 +8,7 @@ import re
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-from storage.errors import OdysseyError
+from sweep.core.errors import OdysseyError
 
 ENV_VAR = "ODYSSEY_STORAGE"
 DEFAULT_URL = "sqlite:///odyssey.db"

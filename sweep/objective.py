@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from storage.errors import OdysseyError
+from sweep.core.errors import OdysseyError
 from sweep.spec import StudySpec
 
 ENV_VAR = "ODYSSEY_OBJECTIVE"
@@ -100,7 +100,7 @@ _datasets: dict[str, Any] = {}
 
 
 def _dataset(spec: StudySpec) -> Any:
-    from sweep.datasets import load_dataset
+    from sweep.data.base import load_dataset
 
     key = repr((spec.dataset.name, sorted(spec.dataset.options.items())))
     if key not in _datasets:

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import pandas as pd
 
 from storage import results
-from storage.errors import OdysseyError
 from storage.schema import FINISHED_STATES
+from sweep.core.errors import OdysseyError
 from sweep.spec import StudySpec
 from sweep.worker import WorkerConfig, _die_with_parent
 

@@ -27,11 +27,11 @@ from pydantic import (
     model_validator,
 )
 
-from storage.errors import OdysseyError
-from sweep.cells_variants import GREFF_VARIANTS, VARIANTS, custom_variant
+from sweep.core.errors import OdysseyError
+from sweep.core.variants import GREFF_VARIANTS, VARIANTS, custom_variant
 
 DATASETS: tuple[str, ...] = ("jsb", "ptb", "char", "synthetic")
-# The primary (lower-is-better) validation metric of each dataset, as sweep.datasets names it.
+# The primary (lower-is-better) validation metric of each dataset, as sweep.data.base names it.
 DEFAULT_METRICS: dict[str, str] = {"jsb": "nll", "ptb": "perplexity", "char": "bpc", "synthetic": "mse"}
 # Hyperparameters a space may search; each maps onto a TrainConfig field of the same name.
 SEARCHABLE: dict[str, str] = {
@@ -128,7 +128,7 @@ def default_space() -> dict[str, Param]:
 
 
 class DatasetSpec(_Model):
-    """The dataset name and the options `sweep.datasets.load_dataset` takes (e.g. `path`)."""
+    """The dataset name and the options `sweep.data.base.load_dataset` takes (e.g. `path`)."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
     name: str
@@ -167,7 +167,7 @@ class StudySpec(_Model):
 
     name: str = Field(min_length=1, max_length=120, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     dataset: DatasetSpec
-    # user-named LSTM variants: name -> switches (sweep.cells_variants.LSTMSpec; docs/variants.md)
+    # user-named LSTM variants: name -> switches (sweep.core.variants.LSTMSpec; docs/variants.md)
     custom_variants: dict[str, dict[str, Any]] = Field(default_factory=dict)
     # None (left out): Greff's nine and the custom variants
     variants: tuple[str, ...] = Field(default=None, validate_default=True)

@@ -21,11 +21,11 @@ from optuna.trial import FrozenTrial, TrialState
 
 from storage import results
 from storage.engine import optuna_storage, with_retry
-from storage.errors import OdysseyError
 from storage.failpoints import failpoint
 from storage.locks import named_lock
 from storage.schema import FINISHED_STATES, STATES
-from sweep.cli_common import plural
+from sweep.cli.common import plural
+from sweep.core.errors import OdysseyError
 from sweep.objective import name_metric
 from sweep.spec import StudySpec, design_points, parse_spec
 
@@ -150,7 +150,7 @@ def _spec_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = ""
 
 def check_dataset(spec: StudySpec) -> None:
     """Load the spec's dataset once so a bad path or corrupt file fails at create, not in every worker."""
-    from sweep.datasets import load_dataset
+    from sweep.data.base import load_dataset
 
     dataset = load_dataset(spec.dataset.name, **spec.dataset.options)
     known = sorted(getattr(dataset, "metrics", (dataset.metric,)))

@@ -17,13 +17,13 @@ from typing import Any
 
 import torch
 
-from storage.errors import OdysseyError
-from sweep import kernels
-from sweep.cells import State, detach_state
-from sweep.cells_common import INIT_SCHEMES
-from sweep.cells_variants import Variant, resolve
-from sweep.datasets import Batch, Dataset
-from sweep.models import SequenceModel
+from sweep.core.errors import OdysseyError
+from sweep.core.variants import Variant, resolve
+from sweep.data.base import Batch, Dataset
+from sweep.nn import kernels
+from sweep.nn.cells import State, detach_state
+from sweep.nn.common import INIT_SCHEMES
+from sweep.nn.models import SequenceModel
 
 OPTIMIZERS = ("sgd", "adam")
 EXPLOSION_FACTOR = 1e3  # a batch loss this many times the first batch's means the run diverged

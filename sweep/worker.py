@@ -38,9 +38,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from storage import results
 from storage.engine import with_retry
-from storage.errors import OdysseyError
 from storage.failpoints import failpoint
 from storage.urls import resolve_url
+from sweep.core.errors import OdysseyError
 from sweep.objective import Objective, Outcome, TrialContext, TrialInterrupted, resolve_objective
 from sweep.spec import StudySpec
 from sweep.study import (

@@ -51,7 +51,7 @@ def env_with(failpoint: str | None = None, marker_dir: Path | None = None) -> di
 
 
 def odyssey(*args: str, env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "sweep.cli", *args], cwd=ROOT, env=env,
+    return subprocess.Popen([sys.executable, "-m", "sweep.cli.main", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

@@ -11,14 +11,15 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from storage.errors import OdysseyError
-from sweep import cells_cpp
-from sweep.cells import GREFF_VARIANTS, VARIANTS, detach_state, make_recurrent
-from sweep.cells_base import KERNELS, CompiledStep, can_run, kernel_for
-from sweep.cells_gru import gru_cpp
-from sweep.cells_pseudo import pseudo_cpp
-from sweep.cells_variants import REGISTRY, LSTMSpec, Variant, custom_variant, legal_lstm_specs
-from sweep.models import SequenceModel
+from sweep.core.errors import OdysseyError
+from sweep.core.variants import REGISTRY, LSTMSpec, Variant, custom_variant, legal_lstm_specs
+from sweep.nn import base as cells_base
+from sweep.nn import kernels
+from sweep.nn.base import KERNELS, CompiledStep, can_run, kernel_for
+from sweep.nn.cells import GREFF_VARIANTS, VARIANTS, detach_state, make_recurrent
+from sweep.nn.gru import gru_cpp
+from sweep.nn.models import SequenceModel
+from sweep.nn.pseudo import pseudo_cpp
 from sweep.spec import parse_spec
 from sweep.training import TrainConfig
 
@@ -509,7 +510,7 @@ LSTM_KERNEL_VARIANTS = tuple(v for v in GREFF_VARIANTS if not REGISTRY[v].lstm.i
 @pytest.fixture
 def kernel_calls(monkeypatch) -> list[str]:
     """Names of the C++ kernel functions called during the test (the real kernels still run)."""
-    real = cells_cpp.load(required=True)  # the first test to ask compiles the kernels (once per machine)
+    real = kernels.load(required=True)  # the first test to ask compiles the kernels (once per machine)
     calls: list[str] = []
 
     class Spy:
@@ -517,7 +518,7 @@ def kernel_calls(monkeypatch) -> list[str]:
             calls.append(name)
             return getattr(real, name)
 
-    monkeypatch.setattr(cells_cpp, "load", lambda required=False: Spy())
+    monkeypatch.setattr(kernels, "load", lambda required=False: Spy())
     return calls
 
 
@@ -538,7 +539,7 @@ def wide_inputs(model, dtype: torch.dtype):
 @pytest.mark.parametrize("variant", LSTM_KERNEL_VARIANTS)
 def test_cpp_kernel_equals_reference_in_float32(variant: str, kernel_calls, monkeypatch) -> None:
     """float32 (the fast exp/tanh approximations), hidden 37, padding and a carried state."""
-    monkeypatch.setenv(cells_cpp.ENV_VAR, "cpp")
+    monkeypatch.setenv(cells_base.ENV_VAR, "cpp")
     fast = build_wide(variant, torch.float32)
     x, lengths, state = wide_inputs(fast, torch.float32)
     got = run_and_grad(fast, x, lengths, state)
@@ -549,13 +550,13 @@ def test_cpp_kernel_equals_reference_in_float32(variant: str, kernel_calls, monk
 
 @pytest.mark.parametrize("variant", LSTM_KERNEL_VARIANTS)
 def test_cpp_kernel_gradcheck(variant: str, kernel_calls, monkeypatch) -> None:
-    monkeypatch.setenv(cells_cpp.ENV_VAR, "cpp")
+    monkeypatch.setenv(cells_base.ENV_VAR, "cpp")
     test_gradcheck(variant, reference=False)
     assert "lstm_backward" in kernel_calls
 
 
 def test_unknown_backend_raises(monkeypatch) -> None:
-    monkeypatch.setenv(cells_cpp.ENV_VAR, "fortran")
+    monkeypatch.setenv(cells_base.ENV_VAR, "fortran")
     with pytest.raises(OdysseyError, match="ODYSSEY_CELLS_BACKEND='fortran'") as info:
         build("V")(randn(1, 2, M))
     assert "\n" not in str(info.value)
@@ -569,7 +570,7 @@ def test_unknown_kernel_raises() -> None:
 
 def test_kernel_registry_routing(monkeypatch, kernel_calls) -> None:
     """One registry keyed by family and device; the C++ kernels take CPU float32/float64 only."""
-    monkeypatch.delenv(cells_cpp.ENV_VAR, raising=False)
+    monkeypatch.delenv(cells_base.ENV_VAR, raising=False)
     meta = torch.device("meta")  # stands in for a GPU
     assert kernel_for("lstm", "cpu") == "cpp" and kernel_for("lstm", "cpu", DT) == "cpp"
     assert kernel_for("lstm", "cpu", torch.bfloat16) == "reference"
@@ -579,9 +580,9 @@ def test_kernel_registry_routing(monkeypatch, kernel_calls) -> None:
     assert {family for family, _ in KERNELS} == {"lstm", "np", "gru", "plstm"}
     assert build("NP").kernel_for(randn(1, 2, M)) == "torch"
     assert build("V").kernel_for(randn(1, 2, M)) == "cpp"
-    monkeypatch.setenv(cells_cpp.ENV_VAR, " Reference ")
+    monkeypatch.setenv(cells_base.ENV_VAR, " Reference ")
     assert build("NP").kernel_for(randn(1, 2, M)) == "reference"
-    monkeypatch.setenv(cells_cpp.ENV_VAR, "compiled")  # GRU has no compiled kernel: it keeps its own
+    monkeypatch.setenv(cells_base.ENV_VAR, "compiled")  # GRU has no compiled kernel: it keeps its own
     assert build("GRU").kernel_for(randn(1, 2, M)) == "cpp" and kernel_for("lstm", "cpu") == "compiled"
 
 
@@ -596,17 +597,17 @@ def test_print_names_the_variant_and_its_switches() -> None:
 @pytest.mark.parametrize("variant", ["V", "CIFG", "FGR"])
 def test_cpp_kernel_without_direct_blas(variant: str, kernel_calls, monkeypatch) -> None:
     """On a torch build that exports no BLAS the kernels multiply through at::addmm_: same answers."""
-    monkeypatch.setenv(cells_cpp.ENV_VAR, "cpp")
-    kernels = cells_cpp.load()
-    assert kernels.has_blas()  # this torch build exports sgemm_/dgemm_, so the default path is direct BLAS
+    monkeypatch.setenv(cells_base.ENV_VAR, "cpp")
+    module = kernels.load()
+    assert module.has_blas()  # this torch build exports sgemm_/dgemm_, so the default path is direct BLAS
     fast = build_wide(variant, torch.float64)
     x, lengths, state = wide_inputs(fast, torch.float64)
     direct = run_and_grad(fast, x, lengths, state)
-    kernels.use_blas(False)
+    module.use_blas(False)
     try:
         fallback = run_and_grad(fast, x, lengths, state)
     finally:
-        kernels.use_blas(True)
+        module.use_blas(True)
     assert_close(fallback, direct, tol=1e-12)
 
 
@@ -773,7 +774,7 @@ def test_custom_variants_join_the_papers_nine_and_train() -> None:
 
 def test_a_trial_of_a_custom_variant_trains_it() -> None:
     """The worker's objective hands the spec's switches to training: the trial trains the custom cell."""
-    from sweep.datasets import load_dataset
+    from sweep.data.base import load_dataset
     from sweep.objective import TrialContext, train_config
     from sweep.training import train
 
@@ -819,7 +820,7 @@ def test_study_create_rejects_an_invalid_combination(tmp_path: Path) -> None:
     )
     db = tmp_path / "o.db"
     result = subprocess.run(
-        [sys.executable, "-m", "sweep.cli", "study", "create", str(spec), "--storage", f"sqlite:///{db}"],
+        [sys.executable, "-m", "sweep.cli.main", "study", "create", str(spec), "--storage", f"sqlite:///{db}"],
         capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1],
     )  # fmt: skip
     assert result.returncode == 1 and not db.exists()

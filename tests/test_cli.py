@@ -17,13 +17,13 @@ import pytest
 
 from storage import results
 from storage.query import export
-from sweep.cli import COMMANDS, LazyGroup, main
-from sweep.cli_common import STORAGE_HELP
+from sweep.cli.common import STORAGE_HELP
+from sweep.cli.main import COMMANDS, LazyGroup, main
 from sweep.run import Progress, read_progress
 from sweep.spec import parse_spec
 
 ROOT = Path(__file__).resolve().parents[1]
-ODYSSEY = [sys.executable, "-m", "sweep.cli"]
+ODYSSEY = [sys.executable, "-m", "sweep.cli.main"]
 
 
 def _cut_example() -> str:

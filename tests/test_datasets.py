@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from storage.errors import OdysseyError
-from sweep.datasets import Batch, SequenceSplit, StreamSplit, load_dataset
-from sweep.datasets_music import frequency_baseline, from_chorales
+from sweep.core.errors import OdysseyError
+from sweep.data.base import Batch, SequenceSplit, StreamSplit, load_dataset
+from sweep.data.music import frequency_baseline, from_chorales
 from tests.shared import shared_path
 
 torch.set_num_threads(1)

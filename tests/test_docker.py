@@ -577,7 +577,7 @@ def test_build_context_and_dockerfile_references_exist(dockerfile: Parsed) -> No
                     continue
                 assert (ROOT / source).exists(), f"Dockerfile line {copy.line}: {source} missing"
                 assert not ignored_by_docker(source.rstrip("/"), patterns), f"{source} is in .dockerignore"
-    for path in ("sweep/cli.py", "storage/engine.py", "analysis/__init__.py", "pyproject.toml"):
+    for path in ("sweep/cli/main.py", "storage/engine.py", "analysis/__init__.py", "pyproject.toml"):
         assert not ignored_by_docker(path, patterns), f".dockerignore leaves {path} out of the build"
 
 
@@ -692,11 +692,11 @@ def test_package_builds_from_the_docker_build_context(tmp_path: Path) -> None:
 
     (wheel,) = tmp_path.glob("lstm_odyssey-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    for member in ("sweep/cli.py", "sweep/worker.py", "storage/engine.py", "analysis/report.py",
+    for member in ("sweep/cli/main.py", "sweep/worker.py", "storage/engine.py", "analysis/report.py",
                    "sweep/data/jsb_chorales.json.gz"):
         assert member in names, f"the image would lack {member}"
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "odyssey = sweep.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "odyssey = sweep.cli.main:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
 
 def test_every_run_step_is_valid_shell(dockerfile: Parsed) -> None:

@@ -159,7 +159,7 @@ def test_study_repair_command_reports_what_it_did(sqlite_url: str) -> None:
         storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name("fp"), number),
         TrialState.FAIL)
     for expected in ("re-queued 1 lost slot [", "nothing to repair"):
-        done = subprocess.run([sys.executable, "-m", "sweep.cli", "study", "repair", "fp", "--storage",
+        done = subprocess.run([sys.executable, "-m", "sweep.cli.main", "study", "repair", "fp", "--storage",
                                sqlite_url], cwd=ROOT, env=env_with(), capture_output=True, text=True,
                               timeout=120)
         assert done.returncode == 0 and expected in done.stdout, done.stdout + done.stderr
@@ -232,7 +232,7 @@ def test_create_killed_at(url: str, tmp_path: Path, point: str) -> None:
 CREATOR = """
 import contextlib, io, sys, time
 from pathlib import Path
-from sweep.cli import main
+from sweep.cli.main import main
 me, spec, gates, urls = sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4:]
 for i, url in enumerate(urls):
     (gates / f"ready{i}-{me}").touch()
@@ -348,7 +348,7 @@ def test_status_shows_lost_and_extra_slots_and_repair_fixes_both(sqlite_url: str
         TrialState.FAIL)  # slot lost: FAIL with no copy
     status = study_status(sqlite_url, "fp")
     assert (status.lost, status.extra) == (1, 1)
-    done = subprocess.run([sys.executable, "-m", "sweep.cli", "study", "status", "fp", "--storage",
+    done = subprocess.run([sys.executable, "-m", "sweep.cli.main", "study", "status", "fp", "--storage",
                            sqlite_url], cwd=ROOT, env=env_with(), capture_output=True, text=True, timeout=120)
     assert "1 slot lost (no live trial), 1 extra trial" in " ".join(done.stdout.split()), done.stdout
     repaired = repair_study(sqlite_url, "fp")

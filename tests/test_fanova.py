@@ -15,7 +15,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
 from analysis.fanova import Fanova
-from storage.errors import OdysseyError
+from sweep.core.errors import OdysseyError
 from tests.shared import SHARED, shared_path
 
 # The original fanova's numbers, in the shared material beside the checkout (../shared, as in CI).

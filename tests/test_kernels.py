@@ -1,5 +1,5 @@
 """The C++ cell kernels: built once per machine and shared by every checkout and venv, built before any
-trial, stopped at once by Ctrl-C or SIGTERM, and one warning without a compiler (`sweep/kernels.py`).
+trial, stopped at once by Ctrl-C or SIGTERM, and one warning without a compiler (`sweep/nn/kernels.py`).
 
 The builds that must really finish use the machine's kernels (compiled by the first test that asks, once per
 machine). A slow or failing build is a fake compiler (`$CXX`, a shell script) that torch's real build runs.
@@ -25,14 +25,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from storage.errors import OdysseyError
 from storage.results import load_study
-from sweep import cells_cpp, kernels
-from sweep.cells import make_recurrent
-from sweep.cells_base import kernel_for
+from sweep.core.errors import OdysseyError
+from sweep.nn import base as cells_base
+from sweep.nn import kernels
+from sweep.nn.base import kernel_for
+from sweep.nn.cells import make_recurrent
 
 ROOT = Path(__file__).resolve().parents[1]
-ODYSSEY = [sys.executable, "-m", "sweep.cli"]
+ODYSSEY = [sys.executable, "-m", "sweep.cli.main"]
 
 SPEC = """
 name = "kernels-tiny"
@@ -82,7 +83,7 @@ def odyssey_env(extensions: Path, cxx: Path | str | None = None) -> dict[str, st
     env["TORCH_EXTENSIONS_DIR"] = str(extensions)
     env.pop("ODYSSEY_STORAGE", None)
     env.pop(kernels.UNAVAILABLE_ENV, None)
-    env.pop(cells_cpp.ENV_VAR, None)
+    env.pop(cells_base.ENV_VAR, None)
     if cxx is not None:
         env["CXX"] = str(cxx)
     return env
@@ -114,7 +115,7 @@ def fresh_kernels(monkeypatch, tmp_path: Path):
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "ext"))
     # empty reads as unset; setenv (unlike delenv of an unset variable) also undoes what load() puts there
     monkeypatch.setenv(kernels.UNAVAILABLE_ENV, "")
-    monkeypatch.delenv(cells_cpp.ENV_VAR, raising=False)
+    monkeypatch.delenv(cells_base.ENV_VAR, raising=False)
     return tmp_path / "ext"
 
 
@@ -137,7 +138,7 @@ def test_no_compiler_warns_once_and_the_cells_fall_back(fresh_kernels, monkeypat
     assert not state.available and "install g++ or set CXX" in state.reason
     assert layer.layers[0].kernel_for(x) == "reference" and kernel_for("gru", "cpu") == "torch"
     # forcing the C++ kernels now is a one-line error
-    monkeypatch.setenv(cells_cpp.ENV_VAR, "cpp")
+    monkeypatch.setenv(cells_base.ENV_VAR, "cpp")
     with pytest.raises(OdysseyError, match="could not be loaded: no C\\+\\+ compiler") as info:
         layer(x)
     assert "\n" not in str(info.value)
@@ -156,7 +157,7 @@ def test_a_second_checkout_and_venv_reuse_the_build_without_compiling(tmp_path: 
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     (purelib,) = (venv / "lib").glob("python3*/site-packages")
     (purelib / "main-venv.pth").write_text("\n".join(site.getsitepackages()) + "\n")  # the same torch
-    code = ("import sweep.kernels as k; s = k.status(); "
+    code = ("import sweep.nn.kernels as k; s = k.status(); "
             "print(k.__file__); print(s.path); print(s.built_seconds)")
     env = odyssey_env(kernels.build_root())
     env["PYTHONPATH"] = str(checkout)
@@ -176,7 +177,7 @@ def test_a_concurrent_builder_waits_on_the_lock_and_loads_what_the_first_built(t
     folder = built.path.parent
     root = tmp_path / "ext"
     root.mkdir()
-    code = "import sweep.kernels as k; s = k.status(); print(s.path, s.built_seconds)"
+    code = "import sweep.nn.kernels as k; s = k.status(); print(s.path, s.built_seconds)"
     with open(root / f"{folder.name}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # "another process" is building
         proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=odyssey_env(root),

@@ -15,9 +15,9 @@ import pytest
 
 from storage import results
 from storage.engine import dispose_engine
-from storage.errors import OdysseyError
 from storage.query import export, read_export, run_readonly
-from sweep.cli import main
+from sweep.cli.main import main
+from sweep.core.errors import OdysseyError
 
 PASSWORD = "Tst-pw-9f3Kq"  # tests/conftest.py's PostgreSQL password
 SPEC = {"dataset": "jsb", "space": {"learning_rate": {"low": 1e-6, "high": 1e-2}, "momentum": {}}}
@@ -188,7 +188,7 @@ def test_cli_export(filled: str, tmp_path, capsys: pytest.CaptureFixture[str]) -
 
 def test_cli_wrong_password_exits_without_traceback(pg_server) -> None:
     wrong = pg_server.url.replace(PASSWORD, "Bad-pw-77x")
-    done = subprocess.run([sys.executable, "-m", "sweep.cli", "query", "SELECT 1", "--storage", wrong],
+    done = subprocess.run([sys.executable, "-m", "sweep.cli.main", "query", "SELECT 1", "--storage", wrong],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and done.stdout == ""
     assert done.stderr.startswith("error: cannot connect to postgresql+psycopg://odyssey:***@127.0.0.1")
@@ -199,7 +199,7 @@ def test_cli_wrong_password_exits_without_traceback(pg_server) -> None:
 def test_cli_query_entry_point_succeeds_without_importing_torch(sqlite_url: str) -> None:
     results.register_study(sqlite_url, "demo", SPEC)
     probe = ("import atexit, sys; atexit.register(lambda: print('torch loaded:', 'torch' in sys.modules)); "
-             "from sweep.cli import main; main(sys.argv[1:])")
+             "from sweep.cli.main import main; main(sys.argv[1:])")
     args = ["query", "SELECT name FROM odyssey_studies", "--storage", sqlite_url, "--format", "csv"]
     done = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

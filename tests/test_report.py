@@ -265,7 +265,7 @@ def test_every_parameter_fixed_still_compares_variants(tmp_path):
 
 
 def test_target_seconds_and_bad_target(tmp_path):
-    from storage.errors import OdysseyError
+    from sweep.core.errors import OdysseyError
 
     data = synthetic_study(("V", "NP"), trials_per_variant=20)
     build_report_from_data(data, tmp_path, n_trees=8, target="seconds")
@@ -324,7 +324,7 @@ def test_report_from_a_sqlite_study_matches_the_in_memory_one(sqlite_url, tmp_pa
 
 
 def test_cli_report_writes_the_report_and_fails_cleanly(sqlite_url, tmp_path, capsys):
-    from sweep.cli import main
+    from sweep.cli.main import main
 
     data = synthetic_study(("V", "NP"), trials_per_variant=8, seed=2, name="cli-study")
     store(sqlite_url, data, epochs=False)
@@ -435,7 +435,7 @@ def test_selection_is_named_in_the_figure_and_the_setup_table(tmp_path):
     assert "<th>best trials chosen by</th><td>best_valid (validation nll)" in page
     page = read(build_report_from_data(data, tmp_path / "test", n_trees=4, select_by="best_test"))
     assert "best 10% chosen by test nll" in page and "the paper&#x27;s rule" not in page
-    from storage.errors import OdysseyError
+    from sweep.core.errors import OdysseyError
 
     with pytest.raises(OdysseyError, match="unknown selection column 'valid'"):
         build_report_from_data(data, tmp_path, select_by="valid")

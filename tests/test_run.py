@@ -14,7 +14,7 @@ import pytest
 from storage.results import load_study
 
 ROOT = Path(__file__).resolve().parents[1]
-ODYSSEY = [sys.executable, "-m", "sweep.cli"]
+ODYSSEY = [sys.executable, "-m", "sweep.cli.main"]
 
 SPEC = """
 name = "run-tiny"

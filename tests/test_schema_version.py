@@ -49,7 +49,7 @@ def downgrade():
 
 
 def _odyssey(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "sweep.cli", *args], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "sweep.cli.main", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
 
 

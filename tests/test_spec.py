@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from storage.errors import OdysseyError
-from sweep.cells import GREFF_VARIANTS, VARIANTS
+from sweep.core.errors import OdysseyError
+from sweep.nn.cells import GREFF_VARIANTS, VARIANTS
 from sweep.spec import design_points, load_spec, parse_spec
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -205,7 +205,7 @@ def test_variant_shorthands() -> None:
 def test_study_create_refuses_a_spec_that_cannot_train(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], toml: str, expected: str
 ) -> None:
-    from sweep.cli import main
+    from sweep.cli.main import main
 
     spec = tmp_path / "bad.toml"
     spec.write_text(f'name = "bad"\ndataset = {{ name = "synthetic" }}\n{toml}\n')

@@ -9,7 +9,7 @@ from scipy import stats as sps
 
 from analysis.space import cap_diverged, scored_trials, space_from_spec, to_sampled
 from analysis.stats import params_at_size, top_count, variant_stats
-from storage.errors import OdysseyError
+from sweep.core.errors import OdysseyError
 
 SPEC = {
     "space": {

@@ -12,9 +12,9 @@ import sqlalchemy as sa
 
 from storage import results
 from storage.engine import check_connection, get_engine, optuna_storage, translate, with_retry
-from storage.errors import OdysseyError
 from storage.schema import create_schema, forget_created, metadata
 from storage.urls import mask_url, resolve_url, scrub
+from sweep.core.errors import OdysseyError
 
 PASSWORD = "Tst-pw-9f3Kq"  # tests/conftest.py's PostgreSQL password
 

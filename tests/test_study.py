@@ -13,7 +13,7 @@ import pytest
 from optuna.trial import TrialState
 
 from storage import results
-from storage.errors import OdysseyError
+from sweep.core.errors import OdysseyError
 from sweep.spec import parse_spec
 from sweep.study import (
     SLOT_ATTR,
@@ -62,14 +62,14 @@ def write_spec(path: Path, data: dict[str, object]) -> Path:
 def odyssey(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run the CLI in a fresh interpreter, as a user would."""
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "sweep.cli", *args], cwd=ROOT, env=full_env,
+    return subprocess.run([sys.executable, "-m", "sweep.cli.main", *args], cwd=ROOT, env=full_env,
                           capture_output=True, text=True, timeout=120)
 
 
 @pytest.fixture
 def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., subprocess.CompletedProcess]:
     """Run the CLI's entry point in this process (much faster than a new interpreter)."""
-    from sweep.cli import main
+    from sweep.cli.main import main
 
     def run(*args: str) -> subprocess.CompletedProcess:
         capsys.readouterr()

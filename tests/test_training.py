@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from storage.errors import OdysseyError
 from sweep import training
-from sweep.cli import main
-from sweep.datasets import load_dataset
-from sweep.datasets_music import frequency_baseline
-from sweep.datasets_synthetic import SumDataset
-from sweep.models import SequenceModel
+from sweep.cli.main import main
+from sweep.core.errors import OdysseyError
+from sweep.data.base import load_dataset
+from sweep.data.music import frequency_baseline
+from sweep.data.synthetic import SumDataset
+from sweep.nn.models import SequenceModel
 from sweep.training import EpochReport, TrainConfig, build_model, make_optimizer, resolve_device, train
 
 torch.set_num_threads(1)
@@ -216,7 +216,7 @@ def test_token_stream_training_carries_state_across_chunks(tmp_path):
 
 
 def test_chunked_evaluation_equals_one_pass(tmp_path):
-    from sweep.cells import detach_state
+    from sweep.nn.cells import detach_state
 
     path = tmp_path / "text.txt"
     path.write_text("the quick brown fox jumps over the lazy dog " * 3)
@@ -318,7 +318,7 @@ def test_cli_user_errors_exit_1(capsys, args, message):
 
 def test_cli_in_a_subprocess_reports_one_line_without_traceback():
     proc = subprocess.run(
-        [sys.executable, "-m", "sweep.cli", "train", "--dataset", "timit"],
+        [sys.executable, "-m", "sweep.cli.main", "train", "--dataset", "timit"],
         capture_output=True,
         text=True,
         cwd=REPO,

@@ -47,7 +47,7 @@ class WorkerProcess:
 
     def __init__(self, url: str, *extra: str, objective: str = "sleep:0.1", grace: int = 4) -> None:
         env = {**os.environ, "ODYSSEY_OBJECTIVE": objective, "PYTHONUNBUFFERED": "1"}
-        command = [sys.executable, "-m", "sweep.cli", "worker", "--storage", url, "--study", "w",
+        command = [sys.executable, "-m", "sweep.cli.main", "worker", "--storage", url, "--study", "w",
                    "--devices", "cpu", "--heartbeat", "1", "--grace", str(grace), "--poll", "0.2",
                    "--threads", "1", *extra]
         self.proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
@@ -307,7 +307,7 @@ def test_worker_bad_inputs(pg_server, sqlite_url: str) -> None:  # noqa: ANN001
 
     def worker(*args: str) -> subprocess.CompletedProcess:
         env = {**os.environ, "ODYSSEY_DB_RETRY_SECONDS": "0.5", "ODYSSEY_OBJECTIVE": "noop"}
-        return subprocess.run([sys.executable, "-m", "sweep.cli", "worker", "--devices", "cpu", *args],
+        return subprocess.run([sys.executable, "-m", "sweep.cli.main", "worker", "--devices", "cpu", *args],
                               cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
 
     assert "no study named 'nope'" in _one_line_error(worker("--storage", sqlite_url, "--study", "nope"))
@@ -371,7 +371,7 @@ def failing_worker(url: str, per_variant: int, message: str) -> Worker:
 
 
 def test_failing_objective_is_recorded_and_stops_the_worker(sqlite_url: str) -> None:
-    from storage.errors import OdysseyError
+    from sweep.core.errors import OdysseyError
 
     worker = failing_worker(sqlite_url, 4, "cannot allocate tensor")
     with pytest.raises(OdysseyError, match="3 trials in a row failed .*RuntimeError: cannot allocate tensor"):
@@ -386,7 +386,7 @@ def test_failing_objective_is_recorded_and_stops_the_worker(sqlite_url: str) -> 
 def test_worker_whose_every_trial_failed_exits_non_zero(sqlite_url: str) -> None:
     # Fewer trials than the consecutive-failure limit: the worker reaches "nothing left" and must still
     # not exit 0 (issue 10).
-    from storage.errors import OdysseyError
+    from sweep.core.errors import OdysseyError
 
     worker = failing_worker(sqlite_url, 2, "no such dataset file")
     with pytest.raises(OdysseyError, match="all 2 trials this worker ran failed"):
@@ -396,7 +396,7 @@ def test_worker_whose_every_trial_failed_exits_non_zero(sqlite_url: str) -> None
 
 def test_worker_on_a_missing_sqlite_file_exits_non_zero_and_creates_nothing(tmp_path: Path) -> None:
     typo = tmp_path / "typo.db"
-    done = subprocess.run([sys.executable, "-m", "sweep.cli", "worker", "--devices", "cpu", "--storage",
+    done = subprocess.run([sys.executable, "-m", "sweep.cli.main", "worker", "--devices", "cpu", "--storage",
                            f"sqlite:///{typo}"], cwd=ROOT, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "ODYSSEY_OBJECTIVE": "noop"})
     assert f"file {typo} does not exist" in _one_line_error(done)

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_a_dead_slot_stops_the_worker_with_a_non_zero_exit(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'odyssey.db'}"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "ODYSSEY_TEST_CRASH_MARKER": str(tmp_path / "crashed")}
-    odyssey = [sys.executable, "-m", "sweep.cli"]
+    odyssey = [sys.executable, "-m", "sweep.cli.main"]
     subprocess.run([*odyssey, "study", "create", str(ROOT / "examples" / "synthetic-tiny.toml"),
                     "--storage", url], env=env, check=True, capture_output=True, timeout=120)
     started = time.monotonic()
@@ -47,7 +47,7 @@ def test_a_dead_slot_stops_the_worker_with_a_non_zero_exit(tmp_path: Path) -> No
 def test_a_device_the_host_cannot_use_is_refused(tmp_path: Path, devices: str, message: str) -> None:
     url = f"sqlite:///{tmp_path / 'odyssey.db'}"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    args = [sys.executable, "-m", "sweep.cli", "worker", "--storage", url, "--devices", devices]
+    args = [sys.executable, "-m", "sweep.cli.main", "worker", "--storage", url, "--devices", devices]
     proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
@@ -99,7 +99,7 @@ def test_a_forever_worker_follows_a_study_deleted_and_created_again(request, bac
     # PostgreSQL gives the new study a new id (SQLite may reuse the old one).
     url = request.getfixturevalue("sqlite_url" if backend == "sqlite" else "pg_url")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    odyssey = [sys.executable, "-m", "sweep.cli"]
+    odyssey = [sys.executable, "-m", "sweep.cli.main"]
     spec = str(ROOT / "examples" / "synthetic-tiny.toml")
 
     def create() -> None:

@@ -10,7 +10,7 @@ import click
 
 from storage.engine import require_existing_database
 from storage.urls import mask_url, resolve_url
-from sweep.cli_common import storage_option
+from sweep.cli.common import storage_option
 
 
 @click.command()
@@ -39,7 +39,7 @@ def worker(url: str | None, study_name: str | None, devices: str, jobs_per_devic
     """Pull waiting trials and train them, one process per device slot, until the study is done."""
     import optuna
 
-    from sweep.cli_kernels import prepare_kernels
+    from sweep.cli.kernels import prepare_kernels
     from sweep.objective import resolve_objective
     from sweep.worker import WorkerConfig, resolve_devices, run_workers
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import click
 
 from storage.urls import mask_url, resolve_url
-from sweep.cli_common import out_option, plural, report_dir, storage_option
+from sweep.cli.common import out_option, plural, report_dir, storage_option
 
 if TYPE_CHECKING:  # sweep.run pulls in the training stack: imported only when a run starts
     from sweep.run import Progress
@@ -88,7 +88,7 @@ def run(spec_path: str, url: str | None, workers: int | None, devices: str, out:
     """
     import optuna
 
-    from sweep.cli_kernels import prepare_kernels
+    from sweep.cli.kernels import prepare_kernels
     from sweep.run import default_workers, read_progress, run_study
     from sweep.spec import load_spec
     from sweep.study import create_study

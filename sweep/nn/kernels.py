@@ -1,4 +1,4 @@
-"""Builds and loads the C++ kernels of the recurrent cells (`sweep/csrc/lstm_family.cpp`), once per machine.
+"""Builds and loads the C++ kernels of the recurrent cells (`sweep/nn/csrc/lstm_family.cpp`), once a machine.
 
 **Where.** `$TORCH_EXTENSIONS_DIR` (default: torch's per-user cache, `~/.cache/torch_extensions`) holds one
 folder per build, `odyssey_lstm_family_<binary>_<compiler>/`, with the finished library and `build.json`.
@@ -43,7 +43,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Literal, overload
 
-from storage.errors import OdysseyError
+from sweep.core.errors import OdysseyError
 
 log = logging.getLogger(f"odyssey.{__name__}")
 

@@ -2,13 +2,13 @@
 
 `RecurrentLayer` plays the part `torch.nn.RNNBase` plays for torch's LSTM, GRU and RNN: it owns parameter
 creation and initialisation, state sizes, `extra_repr` (so `print(model)` names the variant and its
-switches) and the dispatch of `forward` to a kernel. Each family (`sweep.cells_lstm`, `sweep.cells_gru`,
-`sweep.cells_pseudo`) adds its parameters, its step (the equations, written once) and its kernels.
+switches) and the dispatch of `forward` to a kernel. Each family (`sweep.nn.lstm`, `sweep.nn.gru`,
+`sweep.nn.pseudo`) adds its parameters, its step (the equations, written once) and its kernels.
 
 Kernels (at most three implementations of a family's equations, plus torch's own where it fits):
 
 * `reference`: the step as the equations read, one plain autograd step per time step (the specification);
-* `cpp`: the C++ forward and BPTT loops of `sweep/csrc/lstm_family.cpp` (CPU, float32/float64);
+* `cpp`: the C++ forward and BPTT loops of `sweep/nn/csrc/lstm_family.cpp` (CPU, float32/float64);
 * `compiled`: the CUDA path; the same reference step run through `torch.compile` (eager where torch.compile
   is unavailable), the input projection of all steps in one product;
 * `torch`: torch's fused kernel (cuDNN on a GPU, oneDNN on a CPU) for the variants that are torch's own:
@@ -30,14 +30,14 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from storage.errors import OdysseyError
-from sweep import cells_cpp
-from sweep.cells_common import init_matrix, init_vector, last_valid, zero_padding
-from sweep.cells_variants import Variant
+from sweep.core.errors import OdysseyError
+from sweep.core.variants import Variant
+from sweep.nn import kernels
+from sweep.nn.common import init_matrix, init_vector, last_valid, zero_padding
 
 log = logging.getLogger(f"odyssey.{__name__}")
 
-ENV_VAR = cells_cpp.ENV_VAR
+ENV_VAR = "ODYSSEY_CELLS_BACKEND"  # names the kernel every cell should use: one of BACKENDS
 BACKENDS = ("auto", "cpp", "compiled", "reference")  # what $ODYSSEY_CELLS_BACKEND may say
 KERNEL_NAMES = ("reference", "cpp", "compiled", "torch")
 
@@ -74,7 +74,7 @@ def can_run(kernel: str, device: torch.device, dtype: torch.dtype, required: boo
         return True
     if device.type != "cpu" or dtype not in CPP_DTYPES:
         return False
-    return cells_cpp.load(required=required) is not None
+    return kernels.load(required=required) is not None
 
 
 def kernel_for(

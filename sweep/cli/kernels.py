@@ -7,9 +7,9 @@ import os
 
 import click
 
-from storage.errors import OdysseyError
+from sweep.core.errors import OdysseyError
 
-# What the kernel names of `sweep.cells_base.KERNELS` stand for, per family where it matters.
+# What the kernel names of `sweep.nn.base.KERNELS` stand for, per family where it matters.
 _KERNEL_NAMES = {
     "cpp": "C++ kernel",
     "compiled": "torch.compile'd step",
@@ -19,9 +19,9 @@ _KERNEL_NAMES = {
 
 def family_kernels(device: str) -> dict[str, str]:
     """Family -> the kernel its layers run on `device` ("cpu" or "cuda"), as the layers choose it
-    (`sweep.cells_base.kernel_for`, with $ODYSSEY_CELLS_BACKEND)."""
-    from sweep.cells_base import kernel_for
-    from sweep.cells_variants import GREFF_VARIANTS
+    (`sweep.nn.base.kernel_for`, with $ODYSSEY_CELLS_BACKEND)."""
+    from sweep.core.variants import GREFF_VARIANTS
+    from sweep.nn.base import kernel_for
 
     on_gpu = device != "cpu"
 
@@ -46,7 +46,7 @@ def prepare_kernels(objective: str | None = None) -> None:
     trial's time includes the build. The test objectives (`noop`, `sleep:SECONDS`) train nothing: skipped.
     Loaded kernels are logged (INFO, logger `odyssey.kernels`) in the words of `odyssey kernels`, so that a
     worker's log shows which kernels its trials run on."""
-    from sweep import kernels
+    from sweep.nn import kernels
     from sweep.objective import ENV_VAR
 
     name = objective or os.environ.get(ENV_VAR) or "train"
@@ -60,7 +60,7 @@ def kernels(require: bool) -> None:
     """Build the C++ cell kernels if needed and show which kernel each family of cells uses."""
     import torch
 
-    from sweep import kernels as k
+    from sweep.nn import kernels as k
 
     state = k.status()
     if state.available:

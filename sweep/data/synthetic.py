@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from storage.errors import OdysseyError
-from sweep.datasets import Dataset, SequenceSplit
+from sweep.core.errors import OdysseyError
+from sweep.data.base import Dataset, SequenceSplit
 
 
 class SumDataset(Dataset):

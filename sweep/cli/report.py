@@ -9,7 +9,7 @@ import click
 from rich.console import Console
 
 from analysis import TARGETS
-from sweep.cli_common import out_option, report_dir, storage_option
+from sweep.cli.common import out_option, report_dir, storage_option
 
 
 @click.command()

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from storage.errors import OdysseyError
-from sweep.datasets import LN2, StreamSplit, TokenDataset, read_data_file
+from sweep.core.errors import OdysseyError
+from sweep.data.base import LN2, StreamSplit, TokenDataset, read_data_file
 
 EOS, UNK = "<eos>", "<unk>"
 PTB_FILES = {"train": "ptb.train.txt", "valid": "ptb.valid.txt", "test": "ptb.test.txt"}

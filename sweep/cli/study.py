@@ -8,7 +8,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from storage.urls import mask_url, resolve_url
-from sweep.cli_common import plural, print_table, storage_option
+from sweep.cli.common import plural, print_table, storage_option
 
 
 @click.group()

@@ -1,13 +1,13 @@
 """Recurrent layers for every variant of the study: Greff et al.'s nine LSTMs, GRU and the pseudo LSTM.
 
 `make_recurrent` builds a stack of layers of one variant; equations in /work/shared/docs/variants.md and the
-modules `sweep.cells_lstm` (V and its eight variants), `sweep.cells_gru`, `sweep.cells_pseudo`.
+modules `sweep.nn.lstm` (V and its eight variants), `sweep.nn.gru`, `sweep.nn.pseudo`.
 
 A state is a tuple of tensors shaped (num_layers, B, K), opaque to callers: (h, c) for the LSTM family,
 (h, c, gates) for FGR (whose gates see the previous step's gates), (s,) for GRU and the pseudo LSTM.
 
-Variant names, switches and parameter counts come from the registry `sweep.cells_variants` (custom LSTM
-variants too); every layer derives from `sweep.cells_base.RecurrentLayer`, which picks its kernel from one
+Variant names, switches and parameter counts come from the registry `sweep.core.variants` (custom LSTM
+variants too); every layer derives from `sweep.nn.base.RecurrentLayer`, which picks its kernel from one
 registry keyed by family and device (`KERNELS`). `Recurrent.set_kernel()` forces one (`reference`: the
 plain autograd step that spells the equations out). Speed and conventions: docs/bench-cells.md.
 """
@@ -20,13 +20,13 @@ from typing import cast
 import torch
 from torch import Tensor, nn
 
-from storage.errors import OdysseyError
-from sweep.cells_base import KERNEL_NAMES, RecurrentLayer, State
-from sweep.cells_common import check_init, zero_padding
-from sweep.cells_gru import GRULayer
-from sweep.cells_lstm import LSTMLayer
-from sweep.cells_pseudo import PseudoLSTMLayer
-from sweep.cells_variants import GREFF_VARIANTS, VARIANTS, Variant, resolve
+from sweep.core.errors import OdysseyError
+from sweep.core.variants import GREFF_VARIANTS, VARIANTS, Variant, resolve
+from sweep.nn.base import KERNEL_NAMES, RecurrentLayer, State
+from sweep.nn.common import check_init, zero_padding
+from sweep.nn.gru import GRULayer
+from sweep.nn.lstm import LSTMLayer
+from sweep.nn.pseudo import PseudoLSTMLayer
 
 __all__ = ["GREFF_VARIANTS", "VARIANTS", "Recurrent", "State", "detach_state", "make_recurrent"]
 
@@ -89,7 +89,7 @@ class Recurrent(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def set_kernel(self, kernel: str | None) -> Recurrent:
-        """Force every layer onto `kernel` (one of `sweep.cells_base.KERNEL_NAMES` that the family implements:
+        """Force every layer onto `kernel` (one of `sweep.nn.base.KERNEL_NAMES` that the family implements:
         `reference`, `cpp`, `compiled`, `torch`), or back to the registry's choice with None."""
         if kernel is not None:
             implemented = ", ".join(self.stack[0].implemented)
@@ -192,7 +192,7 @@ def make_recurrent(
     init_scale: float = 0.1,
 ) -> Recurrent:
     """Build a `Recurrent` stack of `variant`: a name of VARIANTS, or a `Variant` (e.g. a custom one from
-    `sweep.cells_variants.custom_variant`); unknown names raise OdysseyError."""
+    `sweep.core.variants.custom_variant`); unknown names raise OdysseyError."""
     return Recurrent(variant, input_size, hidden_size, num_layers, forget_bias, init, init_scale)
 
 

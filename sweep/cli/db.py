@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from sweep.cli_common import storage_option
+from sweep.cli.common import storage_option
 
 
 @click.group()

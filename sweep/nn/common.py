@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from storage.errors import OdysseyError
+from sweep.core.errors import OdysseyError
 
 INIT_SCHEMES = ("normal", "uniform", "xavier")
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from storage.errors import OdysseyError
-from sweep.datasets import BernoulliDataset, SequenceSplit, read_data_file
+from sweep.core.errors import OdysseyError
+from sweep.data.base import BernoulliDataset, SequenceSplit, read_data_file
 
 LOWEST_PITCH, HIGHEST_PITCH = 21, 108  # the piano's range, A0..C8
 N_PITCHES = HIGHEST_PITCH - LOWEST_PITCH + 1

@@ -9,8 +9,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from storage.errors import OdysseyError
-from sweep.cells_variants import VARIANTS
+from sweep.core.errors import OdysseyError
+from sweep.core.variants import VARIANTS
 
 if TYPE_CHECKING:
     from sweep.training import EpochReport
@@ -61,8 +61,8 @@ def train(dataset_name: str, data_path: str | None, threads: int | None, **setti
     """Train one network and report the validation and test metric after every epoch."""
     import torch
 
-    from sweep.cli_kernels import prepare_kernels
-    from sweep.datasets import load_dataset
+    from sweep.cli.kernels import prepare_kernels
+    from sweep.data.base import load_dataset
     from sweep.training import TrainConfig, resolve_device
     from sweep.training import train as run_training
 

@@ -7,8 +7,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from sweep.cells import make_recurrent
-from sweep.cells_variants import Variant
+from sweep.core.variants import Variant
+from sweep.nn.cells import make_recurrent
 
 
 class SequenceModel(nn.Module):

@@ -1,6 +1,6 @@
 """The variant registry: every variant's name, family and switches, in one place and without torch.
 
-The single source of variant names: `sweep.cells` builds layers from it, the study spec checks names and
+The single source of variant names: `sweep.nn.cells` builds layers from it, the study spec checks names and
 custom variants against it, `odyssey train`'s help, `bench/cells.py` and the tests take their lists from it,
 and `Variant.num_parameters` gives parameter counts without building a model. Torch-free, so the spec and
 the CLI can use it without importing torch.
@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from storage.errors import OdysseyError
+from sweep.core.errors import OdysseyError
 
 FORGET_MODES = ("gate", "coupled", "none")  # own gate | f = 1 - i (CIFG) | f = 1 (NFG)
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_+-]{0,39}$"

@@ -1,12 +1,12 @@
 """The LSTM family of Greff et al.: vanilla LSTM (V), its eight variants and any legal switch combination.
 
-One parameterised layer, `LSTMLayer`, configured by an `LSTMSpec` (sweep.cells_variants). Gate blocks are
+One parameterised layer, `LSTMLayer`, configured by an `LSTMSpec` (sweep.core.variants). Gate blocks are
 stacked in torch.nn.LSTM's order (i, f, z, o), leaving out the ones a variant removes, so NP's weights are
 laid out exactly as torch's and NP runs through torch's fused kernel (with gate recurrence the order is
 (i, f, o, z), so that the gates fed back to the next step are one contiguous slice).
 
 The equations are written once, in `lstm_step` (docs/variants.md); the reference and the compiled (CUDA)
-kernels run that step, the C++ kernel (`sweep/csrc/lstm_family.cpp`) is their compiled CPU twin with its
+kernels run that step, the C++ kernel (`sweep/nn/csrc/lstm_family.cpp`) is their compiled CPU twin with its
 own BPTT backward.
 """
 
@@ -19,10 +19,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from sweep import cells_cpp
-from sweep.cells_base import RecurrentLayer, State, Step
-from sweep.cells_common import last_valid, run_torch_rnn
-from sweep.cells_variants import LSTMSpec
+from sweep.core.variants import LSTMSpec
+from sweep.nn import kernels
+from sweep.nn.base import RecurrentLayer, State, Step
+from sweep.nn.common import last_valid, run_torch_rnn
 
 
 def lstm_step(
@@ -194,7 +194,7 @@ class _LSTMFunction(torch.autograd.Function):
         ctx: Any, xp: Tensor, w: Tensor, gw: Tensor, peep: Tensor,
         h0: Tensor, c0: Tensor, g0: Tensor, lay: Layout,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        acts, cs, ys, hcs = cells_cpp.load(required=True).lstm_forward(xp, w, gw, peep, h0, c0, g0, *lay)
+        acts, cs, ys, hcs = kernels.load(required=True).lstm_forward(xp, w, gw, peep, h0, c0, g0, *lay)
         ctx.lay = lay
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(acts, cs, ys, hcs, w, gw, peep, h0, c0, g0)
@@ -206,7 +206,7 @@ class _LSTMFunction(torch.autograd.Function):
     def backward(
         ctx: Any, grad_y: Tensor | None, grad_c: Tensor | None, grad_g: Tensor | None
     ) -> tuple[Tensor | None, ...]:
-        grads = cells_cpp.load(required=True).lstm_backward(
+        grads = kernels.load(required=True).lstm_backward(
             *ctx.saved_tensors, grad_y, grad_c, grad_g, *ctx.lay
         )
         return (*grads, None)  # d_act, dw, dgw, dp, dh0, dc0, dg0 (None where absent), lay

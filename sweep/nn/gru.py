@@ -6,7 +6,7 @@
 The update gate u plays the forget gate's part (a high b_u keeps the state), so it takes the forget bias.
 Only b_hn is kept as a second bias: torch's other recurrent biases would duplicate b_r and b_u.
 
-Kernels: the reference step below; the C++ loops of `sweep/csrc/lstm_family.cpp` on the CPU (torch.nn.GRU's
+Kernels: the reference step below; the C++ loops of `sweep/nn/csrc/lstm_family.cpp` on the CPU (torch.nn.GRU's
 CPU kernel has no fused backward); torch's fused GRU (cuDNN) on a GPU.
 """
 
@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from sweep import cells_cpp
-from sweep.cells_base import RecurrentLayer, State, Step
-from sweep.cells_common import last_valid, run_torch_rnn
+from sweep.nn import kernels
+from sweep.nn.base import RecurrentLayer, State, Step
+from sweep.nn.common import last_valid, run_torch_rnn
 
 
 class GRULayer(RecurrentLayer):
@@ -74,7 +74,7 @@ class _GRUFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, xp: Tensor, w: Tensor, b_hn: Tensor, h0: Tensor) -> Tensor:
-        rec_n, acts, ys = cells_cpp.load(required=True).gru_forward(xp, w, b_hn, h0)
+        rec_n, acts, ys = kernels.load(required=True).gru_forward(xp, w, b_hn, h0)
         ctx.save_for_backward(rec_n, acts, ys, w, h0)
         return ys
 
@@ -82,7 +82,7 @@ class _GRUFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, grad_y: Tensor | None) -> tuple[Tensor | None, ...]:
         rec_n, acts, ys, w, h0 = ctx.saved_tensors
-        return tuple(cells_cpp.load(required=True).gru_backward(rec_n, acts, ys, w, h0, grad_y))
+        return tuple(kernels.load(required=True).gru_backward(rec_n, acts, ys, w, h0, grad_y))
 
 
 def gru_cpp(xp: Tensor, weight_hh: Tensor, bias_hn: Tensor, h0: Tensor) -> Tensor:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from storage.errors import OdysseyError
+from sweep.core.errors import OdysseyError
 
 LN2 = math.log(2.0)
 
@@ -250,10 +250,10 @@ def _exp(x: float) -> float:
 
 # name -> "module:function"; loaders are imported on demand so one dataset's code never slows another.
 LOADERS: dict[str, str] = {
-    "jsb": "sweep.datasets_music:load_jsb",
-    "ptb": "sweep.datasets_text:load_ptb",
-    "char": "sweep.datasets_text:load_char",
-    "synthetic": "sweep.datasets_synthetic:load_synthetic",
+    "jsb": "sweep.data.music:load_jsb",
+    "ptb": "sweep.data.text:load_ptb",
+    "char": "sweep.data.text:load_char",
+    "synthetic": "sweep.data.synthetic:load_synthetic",
 }
 
 

@@ -11,19 +11,19 @@ import sys
 
 import click
 
-from storage.errors import OdysseyError
+from sweep.core.errors import OdysseyError
 
 # command name -> "module:attribute"
 COMMANDS: dict[str, str] = {
-    "train": "sweep.cli_train:train",
-    "study": "sweep.cli_study:study",
-    "worker": "sweep.cli_worker:worker",
-    "query": "sweep.cli_query:query",
-    "export": "sweep.cli_query:export",
-    "report": "sweep.cli_report:report",
-    "run": "sweep.cli_run:run",
-    "db": "sweep.cli_db:db",
-    "kernels": "sweep.cli_kernels:kernels",
+    "train": "sweep.cli.train:train",
+    "study": "sweep.cli.study:study",
+    "worker": "sweep.cli.worker:worker",
+    "query": "sweep.cli.query:query",
+    "export": "sweep.cli.query:export",
+    "report": "sweep.cli.report:report",
+    "run": "sweep.cli.run:run",
+    "db": "sweep.cli.db:db",
+    "kernels": "sweep.cli.kernels:kernels",
 }
 
 

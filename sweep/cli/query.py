@@ -9,8 +9,8 @@ from pathlib import Path
 import click
 import pandas as pd
 
-from storage.errors import OdysseyError
-from sweep.cli_common import out_option, plural, print_table, storage_option
+from sweep.cli.common import out_option, plural, print_table, storage_option
+from sweep.core.errors import OdysseyError
 
 
 def _cell(value: object) -> str:

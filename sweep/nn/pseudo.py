@@ -8,7 +8,7 @@ computed first and applied to what every other part reads:
     s' = f * s + i * s~;             output = phi(s')
 
 The forget bias initialises b_f. State per layer: (s,). Kernels: the reference step below, run as is or
-through torch.compile (the GPU path), and the C++ loops of `sweep/csrc/lstm_family.cpp` on the CPU.
+through torch.compile (the GPU path), and the C++ loops of `sweep/nn/csrc/lstm_family.cpp` on the CPU.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from sweep import cells_cpp
-from sweep.cells_base import RecurrentLayer, State, Step
-from sweep.cells_common import last_valid
+from sweep.nn import kernels
+from sweep.nn.base import RecurrentLayer, State, Step
+from sweep.nn.common import last_valid
 
 
 class PseudoLSTMLayer(RecurrentLayer):
@@ -71,7 +71,7 @@ class _PseudoFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, xp: Tensor, w_r: Tensor, w_o: Tensor, s0: Tensor) -> tuple[Tensor, Tensor]:
-        acts, reads, ss, ys, phi0 = cells_cpp.load(required=True).plstm_forward(xp, w_r, w_o, s0)
+        acts, reads, ss, ys, phi0 = kernels.load(required=True).plstm_forward(xp, w_r, w_o, s0)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(acts, reads, ss, ys, phi0, w_r, w_o, s0)
         return ys, ss
@@ -79,7 +79,7 @@ class _PseudoFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_y: Tensor | None, grad_s: Tensor | None) -> tuple[Tensor | None, ...]:
-        return tuple(cells_cpp.load(required=True).plstm_backward(*ctx.saved_tensors, grad_y, grad_s))
+        return tuple(kernels.load(required=True).plstm_backward(*ctx.saved_tensors, grad_y, grad_s))
 
 
 def pseudo_cpp(xp: Tensor, weight_hh: Tensor, weight_ho: Tensor, s0: Tensor) -> tuple[Tensor, Tensor]:

@@ -1,0 +1,1 @@
+"""The `odyssey` command line: one module per command group; `sweep.cli.main` assembles them."""

@@ -1,0 +1,4 @@
+"""The torch-free core every package may import: error types, trial states, the variant registry.
+
+Nothing here imports torch, Optuna, SQLAlchemy or another odyssey package (tests/test_borders.py).
+"""

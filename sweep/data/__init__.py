@@ -1,0 +1,1 @@
+"""Datasets behind one interface (splits of padded batches, per-step loss, metrics) and their loaders."""
