@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from sweep.core.states import SCORED_STATES, ResultState
+
 OFFSETS = {"V": 0.0, "NFG": 1.5, "NOAF": 1.0, "CIFG": 0.02, "NP": 0.0, "NIG": 0.3, "NOG": 0.5, "NIAF": 0.4,
            "FGR": 0.05, "GRU": 0.1, "PLSTM": 0.2}  # fmt: skip
 _GATES = {"NIG": 3, "NFG": 3, "NOG": 3, "CIFG": 3, "GRU": 3}
@@ -90,11 +92,12 @@ def synthetic_study(
         diverged = (u_lr > -2.4) & (rng.random(n) < 0.5)
         epochs = rng.integers(5, max_epochs + 1, n)
         seconds = epochs * (0.5 + hidden / 50.0) * rng.uniform(0.9, 1.1, n)
-        state = np.where(diverged, "diverged", "complete").astype(object)
+        state = np.where(diverged, ResultState.DIVERGED.value, ResultState.COMPLETE.value).astype(object)
         if unfinished:
             pending = rng.random(n) < unfinished
-            state[pending] = np.where(rng.random(pending.sum()) < 0.5, "running", "waiting")
-        done = np.isin(state, ("complete", "diverged"))
+            state[pending] = np.where(rng.random(pending.sum()) < 0.5, ResultState.RUNNING.value,
+                                      ResultState.WAITING.value)
+        done = np.isin(state, [s.value for s in SCORED_STATES])
         unscored = diverged | ~done
         best, best_valid = np.where(unscored, np.nan, test), np.where(unscored, np.nan, valid)
         params = n_params(variant, hidden)
@@ -111,12 +114,12 @@ def synthetic_study(
                     "final_test": best[i] + 0.02, "best_epoch": int(epochs[i]) - 1 if done[i] else None,
                     "epochs": int(epochs[i]) if done[i] else None, "seconds": seconds[i] if done[i] else None,
                     "n_params": int(params[i]), "host": "synthetic", "device": "cpu", "seed": int(seed + i),
-                    "started_at": began if state[i] != "waiting" else pd.NaT,
+                    "started_at": began if state[i] != ResultState.WAITING else pd.NaT,
                     "finished_at": began + pd.Timedelta(seconds=float(seconds[i])) if done[i] else pd.NaT,
                 }
             )  # fmt: skip
         # Validation curves: decay towards the trial's score; diverged ones blow up at the end.
-        ran = np.flatnonzero(state != "waiting")
+        ran = np.flatnonzero(state != ResultState.WAITING.value)
         counts = epochs[ran]
         trial = np.repeat(ran, counts)
         epoch = np.concatenate([np.arange(1, c + 1) for c in counts]) if len(ran) else np.array([], int)
