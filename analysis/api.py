@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,7 +25,7 @@ from analysis import TARGETS
 from analysis.fanova import MIN_FOREST_TRIALS, MIN_ROWS, Fanova
 from analysis.space import Space, cap_diverged, finished, is_diverged, scored_trials, space_from_spec
 from analysis.stats import MIN_TOP_TRIALS, best_fraction, selection_direction, top_count, variant_stats
-from storage.results import STATE_COLUMNS, count_states
+from storage.results import STATE_COLUMNS, StudyData, count_states
 from sweep.core.errors import OdysseyError
 from sweep.core.states import SCORED_STATES, ResultState
 
@@ -37,14 +37,6 @@ PAPER_PAIR = ("learning_rate", "hidden_size")
 #: validation, report test); the default of ``select_by``.
 VALIDATION_OF = {"best_test": "best_valid", "best_valid": "best_valid", "final_test": "final_valid",
                  "final_valid": "final_valid", "seconds": "best_valid"}  # fmt: skip
-
-
-class StudyDataLike(Protocol):
-    """What ``storage.results.load_study`` returns."""
-
-    spec: dict
-    trials: pd.DataFrame
-    epochs: pd.DataFrame
 
 
 def load(url: str | None, study: str, **options: Any) -> StudyAnalysis:
@@ -67,7 +59,7 @@ class StudyAnalysis:
 
     def __init__(
         self,
-        data: StudyDataLike,
+        data: StudyData,
         target: str = "best_test",
         *,
         select_by: str | None = None,
@@ -87,7 +79,7 @@ class StudyAnalysis:
         if not 0 < top_fraction <= 1:
             raise OdysseyError(f"top fraction must be in (0, 1], got {top_fraction}")
         self.spec: Mapping = data.spec or {}
-        self.name = str(self.spec.get("name") or getattr(data, "name", "") or "study")
+        self.name = str(self.spec.get("name") or data.name or "study")
         self.trials = data.trials
         self.epochs = data.epochs
         self.target = target

@@ -115,6 +115,9 @@ def test_every_count_per_state_is_the_one_tally_in_enum_order(sqlite_url: str, c
 
 def test_the_reports_state_table_is_in_enum_order(tmp_path: Path) -> None:
     data = synthetic_study(("V", "NP"), trials_per_variant=20, unfinished=0.3, seed=1)
+    assert isinstance(data, results.StudyData)  # the synthetic study has the stored shape
+    stored = results.TRIAL_HEAD + data.param_names + results.TRIAL_TAIL
+    assert list(data.trials.columns) == stored and list(data.epochs.columns) == results.EPOCH_COLUMNS
     path = build_report_from_data(data, tmp_path, n_trees=4)
     page = path.read_text()
     table = page[page.index("<h3>Trials by state</h3>"):]
