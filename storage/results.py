@@ -459,9 +459,9 @@ def record_trial_finished(
     trial_number: int | None = None,
 ) -> bool:
     """Record a slot's outcome: ``state`` is one of `ENDED_STATES` (complete, failed or diverged, as a
-    `ResultState` or its string); ``result`` a dict (or an object
-    such as TrainResult) with any of best_valid, best_test, final_valid, final_test, best_epoch, epochs,
-    seconds, n_params, error, diverged. Other keys are ignored; non-finite numbers become NULL.
+    `ResultState` or its string); ``result`` a dict (or an object such as TrainResult) with any of
+    best_valid, best_test, final_valid, final_test, best_epoch, epochs, seconds, n_params, error, diverged.
+    Other keys are ignored; non-finite numbers become NULL.
 
     With ``trial_number``, a late write from an attempt that no longer owns the slot is ignored (False).
     """
