@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,25 +25,18 @@ from analysis import TARGETS
 from analysis.fanova import MIN_FOREST_TRIALS, MIN_ROWS, Fanova
 from analysis.space import Space, cap_diverged, finished, is_diverged, scored_trials, space_from_spec
 from analysis.stats import MIN_TOP_TRIALS, best_fraction, selection_direction, top_count, variant_stats
+from storage.results import STATE_COLUMNS, StudyData, count_states
 from sweep.core.errors import OdysseyError
+from sweep.core.states import SCORED_STATES, ResultState
 
 POOLED = "pooled"
 PAIRED_DESIGNS = ("random", "sobol")
-STATES = ("complete", "diverged", "failed", "running", "waiting")
 #: The pair of the paper's heatmaps (its largest interaction); always offered when both vary.
 PAPER_PAIR = ("learning_rate", "hidden_size")
 #: The validation column that ranks trials for each shown column (the paper's rule: choose by
 #: validation, report test); the default of ``select_by``.
 VALIDATION_OF = {"best_test": "best_valid", "best_valid": "best_valid", "final_test": "final_valid",
                  "final_valid": "final_valid", "seconds": "best_valid"}  # fmt: skip
-
-
-class StudyDataLike(Protocol):
-    """What ``storage.results.load_study`` returns."""
-
-    spec: dict
-    trials: pd.DataFrame
-    epochs: pd.DataFrame
 
 
 def load(url: str | None, study: str, **options: Any) -> StudyAnalysis:
@@ -66,7 +59,7 @@ class StudyAnalysis:
 
     def __init__(
         self,
-        data: StudyDataLike,
+        data: StudyData,
         target: str = "best_test",
         *,
         select_by: str | None = None,
@@ -86,7 +79,7 @@ class StudyAnalysis:
         if not 0 < top_fraction <= 1:
             raise OdysseyError(f"top fraction must be in (0, 1], got {top_fraction}")
         self.spec: Mapping = data.spec or {}
-        self.name = str(self.spec.get("name") or getattr(data, "name", "") or "study")
+        self.name = str(self.spec.get("name") or data.name or "study")
         self.trials = data.trials
         self.epochs = data.epochs
         self.target = target
@@ -134,12 +127,13 @@ class StudyAnalysis:
         return self.variants[0]
 
     def counts(self) -> pd.DataFrame:
-        """Trials per variant and state (columns complete, diverged, failed, running, waiting, total)."""
+        """Trials per variant and state (`storage.results.count_states`: columns waiting, running,
+        complete, failed, diverged, then total); a trial flagged diverged counts as diverged."""
         if self.trials.empty:
-            return pd.DataFrame(columns=[*STATES, "total"])
-        state = self.trials["state"].astype(str).where(~is_diverged(self.trials), "diverged")
-        table = pd.crosstab(self.trials["variant"].astype(str), state)
-        table = table.reindex(index=self.variants, columns=STATES, fill_value=0)
+            return pd.DataFrame(columns=[*STATE_COLUMNS, "total"])
+        state = self.trials["state"].astype(str).where(~is_diverged(self.trials), ResultState.DIVERGED.value)
+        rows = pd.DataFrame({"variant": self.trials["variant"].astype(str), "state": state})
+        table = count_states(rows, "variant").reindex(index=self.variants, fill_value=0)
         table["total"] = table.sum(axis=1)
         return table
 
@@ -149,13 +143,13 @@ class StudyAnalysis:
         counts = self.counts()
         per_variant = int(self.spec.get("trials_per_variant") or 0)
         planned = max(per_variant * len(self.spec.get("variants") or self.variants), len(self.trials))
-        done = int(counts["complete"].sum() + counts["diverged"].sum())
+        done = int(counts[list(SCORED_STATES)].sum().sum())
         return {
             "finished": done,
             "planned": planned,
-            "running": int(counts["running"].sum()),
-            "waiting": int(max(planned - len(self.trials), 0) + counts["waiting"].sum()),
-            "failed": int(counts["failed"].sum()),
+            "running": int(counts[ResultState.RUNNING].sum()),
+            "waiting": int(max(planned - len(self.trials), 0) + counts[ResultState.WAITING].sum()),
+            "failed": int(counts[ResultState.FAILED].sum()),
             "fraction": done / planned if planned else 0.0,
         }
 

@@ -23,10 +23,11 @@ import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
 from analysis import figures
-from analysis.api import POOLED, StudyAnalysis, StudyDataLike
+from analysis.api import POOLED, StudyAnalysis
 from analysis.fanova import MIN_FOREST_TRIALS, MIN_ROWS
 from analysis.space import Space
 from analysis.stats import MIN_TOP_TRIALS
+from storage.results import StudyData
 from sweep.core.errors import OdysseyError
 
 DIVERGED_RULE = (
@@ -82,7 +83,7 @@ def build_report(
 
 
 def build_report_from_data(
-    data: StudyDataLike,
+    data: StudyData,
     outdir: str | Path,
     *,
     target: str = "best_test",

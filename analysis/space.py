@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 
 from sweep.core.errors import OdysseyError
+from sweep.core.states import PENDING_STATES, SCORED_STATES, ResultState
 
-FINISHED_STATES = ("complete", "diverged")
 SCALES = ("linear", "log", "log1m")
 
 
@@ -121,19 +121,20 @@ def space_from_spec(spec: Mapping) -> Space:
 
 
 def finished(trials: pd.DataFrame) -> pd.DataFrame:
-    """The trials that ran to the end (complete or diverged); running, waiting and failed ones are dropped."""
+    """The trials that ran to the end and have a score (`SCORED_STATES`: complete or diverged, or flagged
+    diverged); running, waiting and failed ones are dropped."""
     if trials.empty:
         return trials
-    mask = trials["state"].isin(FINISHED_STATES)
+    mask = trials["state"].isin(SCORED_STATES)
     if "diverged" in trials:
-        mask |= trials["diverged"].fillna(False).astype(bool) & ~trials["state"].isin(("running", "waiting"))
+        mask |= trials["diverged"].fillna(False).astype(bool) & ~trials["state"].isin(PENDING_STATES)
     return trials[mask]
 
 
 def is_diverged(trials: pd.DataFrame) -> pd.Series:
     """Whether each trial diverged (by its flag or its state)."""
     flag = trials["diverged"].fillna(False).astype(bool) if "diverged" in trials else False
-    return (trials["state"] == "diverged") | flag
+    return (trials["state"] == ResultState.DIVERGED) | flag
 
 
 def cap_diverged(

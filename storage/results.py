@@ -22,7 +22,6 @@ from storage import schema_version
 from storage.engine import get_engine, sqlite_file, translated, with_retry, write_transaction
 from storage.schema import (
     ERROR_MAX_CHARS,
-    FINISHED_STATES,
     create_schema,
     epochs,
     schema_exists,
@@ -33,6 +32,7 @@ from storage.schema import (
 from storage.schema import params as param_table
 from storage.urls import is_sqlite, mask_url, resolve_url, scrub, secrets_of
 from sweep.core.errors import OdysseyError
+from sweep.core.states import ENDED_STATES, ResultState
 
 log = logging.getLogger(f"odyssey.{__name__}")
 T = TypeVar("T")
@@ -53,8 +53,9 @@ EPOCH_COLUMNS = [
     "study", "slot", "trial_number", "variant", "epoch",
     "train_loss", "valid_metric", "test_metric", "seconds",
 ]
-STUDY_COLUMNS = ["study", "dataset", "created_at", "trials", "waiting", "running", "complete", "failed",
-                 "diverged"]
+#: the state columns of every count per state (`count_states`): ResultState's display order
+STATE_COLUMNS = [state.value for state in ResultState]
+STUDY_COLUMNS = ["study", "dataset", "created_at", "trials", *STATE_COLUMNS]
 _INT_COLUMNS = ("slot", "trial_number", "best_epoch", "epochs", "n_params", "seed", "attempts", "epoch")
 
 
@@ -252,7 +253,7 @@ def record_designed_trials(url: str | None, study: str, rows: Iterable[Mapping[s
             raise OdysseyError(f"designed trial in slot {slot} has no variant")
         trial_rows.append({
             "study": study, "slot": slot, "variant": variant, "dataset": row.get("dataset"),
-            "seed": _int_or_none(row.get("seed"), f"seed of slot {slot}"), "state": "waiting",
+            "seed": _int_or_none(row.get("seed"), f"seed of slot {slot}"), "state": ResultState.WAITING,
             "attempts": 0, "diverged": False, "created_at": now,
         })
         param_rows.extend(_param_rows(study, slot, row.get("params")))
@@ -303,7 +304,7 @@ def record_trial_started(
                 raise _no_slot(study, slot)
             conn.execute(sa.insert(trials).values(
                 study=study, slot=slot, variant=variant, dataset=dataset or found.dataset,
-                seed=_int_or_none(seed, "seed"), state="waiting", attempts=0, diverged=False,
+                seed=_int_or_none(seed, "seed"), state=ResultState.WAITING, attempts=0, diverged=False,
                 created_at=utcnow(),
             ))
             rows = _param_rows(study, slot, params)
@@ -313,7 +314,7 @@ def record_trial_started(
         conn.execute(
             sa.update(trials).where(_trial_key(study, slot)).values(
                 attempts=sa.case((new_attempt, trials.c.attempts + 1), else_=trials.c.attempts),
-                trial_number=number, state="running", diverged=False, host=host, device=device,
+                trial_number=number, state=ResultState.RUNNING, diverged=False, host=host, device=device,
                 started_at=utcnow(), finished_at=None, error=None,
                 **dict.fromkeys(RESULT_FIELDS),
             )
@@ -435,7 +436,7 @@ def record_epoch(
         stmt = _upsert(conn, epochs).values(study=study, slot=slot, epoch=epoch_no, **values)
         conn.execute(stmt.on_conflict_do_update(index_elements=["study", "slot", "epoch"], set_=values))
         # Live progress for `odyssey query`: a running trial's epoch count so far.
-        conn.execute(sa.update(trials).where(_trial_key(study, slot), trials.c.state == "running")
+        conn.execute(sa.update(trials).where(_trial_key(study, slot), trials.c.state == ResultState.RUNNING)
                      .values(epochs=epoch_no))
         return True
 
@@ -457,16 +458,18 @@ def record_trial_finished(
     *,
     trial_number: int | None = None,
 ) -> bool:
-    """Record a slot's outcome: ``state`` is complete, failed or diverged; ``result`` a dict (or an object
-    such as TrainResult) with any of best_valid, best_test, final_valid, final_test, best_epoch, epochs,
-    seconds, n_params, error, diverged. Other keys are ignored; non-finite numbers become NULL.
+    """Record a slot's outcome: ``state`` is one of `ENDED_STATES` (complete, failed or diverged, as a
+    `ResultState` or its string); ``result`` a dict (or an object such as TrainResult) with any of
+    best_valid, best_test, final_valid, final_test, best_epoch, epochs, seconds, n_params, error, diverged.
+    Other keys are ignored; non-finite numbers become NULL.
 
     With ``trial_number``, a late write from an attempt that no longer owns the slot is ignored (False).
     """
     slot = _slot(slot)
-    if state not in FINISHED_STATES:
-        allowed = ", ".join(FINISHED_STATES)
+    if state not in ENDED_STATES:
+        allowed = ", ".join(ENDED_STATES)
         raise OdysseyError(f"a finished trial's state must be one of {allowed}, got {state!r}")
+    state = ResultState(state)
     result = {} if result is None else result
     values: dict[str, Any] = {}
     for key in RESULT_FIELDS:
@@ -475,7 +478,7 @@ def record_trial_finished(
     error = _result_value(result, "error")
     if error is not None:
         error = " ".join(str(error).split())[:ERROR_MAX_CHARS]
-    values["diverged"] = state == "diverged" or bool(_result_value(result, "diverged"))
+    values["diverged"] = state == ResultState.DIVERGED or bool(_result_value(result, "diverged"))
 
     def write(conn: sa.Connection, resolved: str) -> bool:
         if not _current_attempt_matches(conn, study, slot, _int_or_none(trial_number, "trial_number")):
@@ -514,7 +517,7 @@ def record_trial_requeued(url: str | None, study: str, slot: int, trial_number: 
         if new is not None:
             moved = {"trial_number": new, "attempts": trials.c.attempts + 1}
         done = conn.execute(sa.update(trials).where(_trial_key(study, slot)).values(
-            state="waiting", diverged=False, started_at=None, finished_at=None, error=None,
+            state=ResultState.WAITING, diverged=False, started_at=None, finished_at=None, error=None,
             host=None, device=None, **dict.fromkeys(RESULT_FIELDS), **moved,
         ))
         if done.rowcount == 0:
@@ -605,28 +608,81 @@ def load_study(url: str | None, name: str, *, with_epochs: bool = True) -> Study
     return _read(url, "load a study", read, missing)
 
 
+def count_states(rows: pd.DataFrame, by: str | Sequence[str]) -> pd.DataFrame:
+    """Trials per state: the one tally behind every count per state (`count_trials`, `list_studies`,
+    `odyssey study status`, `odyssey run`'s progress, the report's "Trials by state").
+
+    ``rows`` has a ``state`` column and the ``by`` column(s): one row per trial (a ``trials`` frame of
+    `load_study`), or one row per group and state with the number of trials in an ``n`` column (a SQL
+    GROUP BY). Returns one row per group present in ``rows`` (indexed by ``by``) and one int64 column per
+    state in display order (`STATE_COLUMNS`), zero where a group has no trial in that state; states outside
+    `ResultState` are not counted. Callers reindex to add groups without trials.
+    """
+    keys = [by] if isinstance(by, str) else list(by)
+    if rows.empty:
+        index = pd.MultiIndex.from_tuples([], names=keys) if len(keys) > 1 else pd.Index([], name=keys[0])
+        return pd.DataFrame(0, index=index, columns=STATE_COLUMNS, dtype="int64")
+    n = rows["n"] if "n" in rows else pd.Series(1, index=rows.index)
+    table = (
+        rows.assign(n=n, state=rows["state"].astype(str))
+        .pivot_table(index=keys, columns="state", values="n", aggfunc="sum", fill_value=0, observed=True)
+        .reindex(columns=STATE_COLUMNS, fill_value=0)
+        .astype("int64")
+    )
+    table.columns.name = None
+    return table
+
+
+def _count_keys(study: str | None, by_variant: bool) -> list[str]:
+    """The index of `count_trials`' frame: one study is told by variant, or is one row of its own."""
+    if study is not None and by_variant:
+        return ["variant"]
+    return ["study", "variant"] if by_variant else ["study"]
+
+
+def _count_trials(conn: sa.Connection, study: str | None, by_variant: bool) -> pd.DataFrame:
+    """`count_trials` on an open connection: one GROUP BY, tallied by `count_states`."""
+    keys = [trials.c[name] for name in _count_keys(study, by_variant)]
+    stmt = sa.select(*keys, trials.c.state, sa.func.count().label("n")).group_by(*keys, trials.c.state)
+    if study is not None:
+        stmt = stmt.where(trials.c.study == study)
+    names = [key.name for key in keys]
+    rows = pd.DataFrame([dict(r) for r in conn.execute(stmt).mappings()], columns=[*names, "state", "n"])
+    return count_states(rows, names)
+
+
+def count_trials(url: str | None, study: str | None = None, *, by_variant: bool = False) -> pd.DataFrame:
+    """Trials per state in the results tables, counted by the database (see `count_states` for the frame).
+
+    One row per study (index ``study``); with ``by_variant`` one per study and variant (index ``study``,
+    ``variant``). Given ``study``, only its trials: indexed by ``variant`` with ``by_variant``, else one row
+    for the study. A study without trials has no row; no results tables give an empty frame.
+    """
+    keys = _count_keys(study, by_variant)
+
+    def missing(_resolved: str) -> pd.DataFrame:
+        return count_states(pd.DataFrame(columns=[*keys, "state"]), keys)
+
+    return _read(url, "count trials", lambda conn, _resolved: _count_trials(conn, study, by_variant), missing)
+
+
 def list_studies(url: str | None) -> pd.DataFrame:
-    """One row per study: name, dataset, created_at, and its trial counts per state."""
+    """One row per study: name, dataset, created_at, and its trial counts per state (`count_trials`)."""
 
     def missing(_resolved: str) -> pd.DataFrame:
         return pd.DataFrame(columns=STUDY_COLUMNS)
 
     def read(conn: sa.Connection, _resolved: str) -> pd.DataFrame:
-        counts = {state: sa.func.sum(sa.case((trials.c.state == state, 1), else_=0)) for state in
-                  ("waiting", "running", "complete", "failed", "diverged")}
-        stmt = (
-            sa.select(studies.c.name.label("study"), studies.c.dataset, studies.c.created_at,
-                      sa.func.count(trials.c.slot).label("trials"),
-                      *(sa.func.coalesce(expr, 0).label(state) for state, expr in counts.items()))
-            .select_from(studies.outerjoin(trials, trials.c.study == studies.c.name))
-            .group_by(studies.c.name, studies.c.dataset, studies.c.created_at)
-            .order_by(studies.c.created_at, studies.c.name)
-        )
-        frame = pd.DataFrame([dict(r) for r in conn.execute(stmt).mappings()], columns=STUDY_COLUMNS)
-        for column in STUDY_COLUMNS[3:]:
-            frame[column] = frame[column].astype("int64")
+        stmt = (sa.select(studies.c.name.label("study"), studies.c.dataset, studies.c.created_at)
+                .order_by(studies.c.created_at, studies.c.name))
+        frame = pd.DataFrame([dict(r) for r in conn.execute(stmt).mappings()],
+                             columns=["study", "dataset", "created_at"])
+        counts = _count_trials(conn, None, by_variant=False).reindex(frame["study"], fill_value=0)
+        frame["trials"] = counts.sum(axis=1).to_numpy(dtype="int64")
+        for column in STATE_COLUMNS:
+            frame[column] = counts[column].to_numpy(dtype="int64")
         frame["created_at"] = pd.to_datetime(frame["created_at"], utc=True)
-        return frame
+        return frame[STUDY_COLUMNS]
 
     return _read(url, "list studies", read, missing)
 
@@ -640,7 +696,8 @@ def trials_dataframe(url: str | None, study: str, state: str | None = None) -> p
 
 
 __all__ = [
-    "StudyData", "register_study", "record_designed_trials", "record_trial_started", "record_epoch",
-    "record_trial_finished", "record_trial_requeued", "delete_study_results", "load_study",
-    "list_studies", "trials_dataframe", "translated", "lost_trials", "optuna_trial_state",
+    "STATE_COLUMNS", "StudyData", "count_states", "count_trials", "register_study", "record_designed_trials",
+    "record_trial_started", "record_epoch", "record_trial_finished", "record_trial_requeued",
+    "delete_study_results", "load_study", "list_studies", "trials_dataframe", "translated", "lost_trials",
+    "optuna_trial_state",
 ]

@@ -20,12 +20,12 @@ from contextlib import contextmanager
 
 import sqlalchemy as sa
 
+from sweep.core.states import ResultState
+
 metadata = sa.MetaData()
 #: alembic's version table for the results schema (Optuna's own is `alembic_version`)
 VERSION_TABLE = "odyssey_alembic_version"
 
-STATES = ("waiting", "running", "complete", "failed", "diverged")
-FINISHED_STATES = ("complete", "failed", "diverged")
 ERROR_MAX_CHARS = 500
 
 
@@ -75,7 +75,7 @@ trials = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("dataset", sa.String(64)),
     sa.Column("variant", sa.String(32), nullable=False),
-    sa.Column("state", sa.String(16), nullable=False, server_default="waiting"),
+    sa.Column("state", sa.String(16), nullable=False, server_default=ResultState.WAITING.value),
     sa.Column("diverged", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("best_valid", Double),
     sa.Column("best_test", Double),
@@ -92,7 +92,9 @@ trials = sa.Table(
     sa.Column("started_at", UTCDateTime),
     sa.Column("finished_at", UTCDateTime),
     sa.Column("error", sa.String(ERROR_MAX_CHARS)),
-    sa.CheckConstraint(f"state IN ({', '.join(repr(s) for s in STATES)})", name="odyssey_trials_state"),
+    # The same SQL text as revision 0001's: state IN ('waiting', 'running', 'complete', 'failed', 'diverged')
+    sa.CheckConstraint(f"state IN ({', '.join(repr(s.value) for s in ResultState)})",
+                       name="odyssey_trials_state"),
 )
 sa.Index("odyssey_trials_study_state", trials.c.study, trials.c.state)
 

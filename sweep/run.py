@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import pandas as pd
 
 from storage import results
-from storage.schema import FINISHED_STATES
 from sweep.core.errors import OdysseyError
+from sweep.core.states import ENDED_STATES, ResultState
 from sweep.spec import StudySpec
 from sweep.worker import WorkerConfig, _die_with_parent
 
@@ -57,18 +57,19 @@ def read_progress(url: str, spec: StudySpec, started: float, finished_before: in
     """Count finished trials per variant from the results tables (``started``: time.monotonic() at the
     session's start; ``finished_before``: trials finished before it, left out of the ETA's pace)."""
     trials = results.load_study(url, spec.name, with_epochs=False).trials
-    per_variant: dict[str, tuple[int, int]] = {}
+    table = results.count_states(trials, "variant")
+    mine = table.reindex(list(spec.variants), fill_value=0)
+    ended, total_of = mine[list(ENDED_STATES)].sum(axis=1), mine.sum(axis=1)
+    per_variant = {variant: (int(ended[variant]), int(total_of[variant])) for variant in spec.variants}
     best: dict[str, float] = {}
     for variant in spec.variants:
-        sub = trials[trials["variant"] == variant]
-        done = sub[sub["state"].isin(FINISHED_STATES)]
-        per_variant[variant] = (len(done), len(sub))
+        done = trials[(trials["variant"] == variant) & trials["state"].isin(ENDED_STATES)]
         scores = pd.to_numeric(done["best_valid"], errors="coerce").dropna()
         if len(scores):
             best[variant] = float(scores.min())  # the dataset's primary metric: lower is better
     finished = sum(d for d, _ in per_variant.values())
     total = sum(t for _, t in per_variant.values())
-    running = int((trials["state"] == "running").sum())
+    running = int(table[ResultState.RUNNING].sum())
     return Progress(total, finished, per_variant, best, running, time.monotonic() - started, finished_before)
 
 

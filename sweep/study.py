@@ -23,9 +23,9 @@ from storage import results
 from storage.engine import optuna_storage, with_retry
 from storage.failpoints import failpoint
 from storage.locks import named_lock
-from storage.schema import FINISHED_STATES, STATES
 from sweep.cli.common import plural
 from sweep.core.errors import OdysseyError
+from sweep.core.states import PENDING_STATES, SCORED_STATES, ResultState
 from sweep.objective import name_metric
 from sweep.spec import StudySpec, design_points, parse_spec
 
@@ -415,7 +415,7 @@ def _finished_for_good(trials: list[FrozenTrial], row: dict[str, Any] | None) ->
     if any(FINAL_ATTR in t.system_attrs for t in trials):
         return True
     # Before the FINAL marker, only the results row said a FAIL was the outcome (objective raised).
-    return bool(row and trials and row["state"] in ("failed", "diverged")
+    return bool(row and trials and row["state"] in (ResultState.FAILED, ResultState.DIVERGED)
                 and row["trial_number"] == trials[-1].number)
 
 
@@ -489,12 +489,13 @@ class StudyStatus:
 
     @property
     def totals(self) -> dict[str, int]:
-        return {s: sum(v.counts[s] for v in self.variants) for s in STATES}
+        return {s: sum(v.counts[s] for v in self.variants) for s in results.STATE_COLUMNS}
 
 
 def study_status(url: str, name: str) -> StudyStatus:
-    """Count each variant's slots by state from the results rows (one per designed slot), the slots that
-    Optuna has lost or holds more than once, and estimate the time left."""
+    """Count each variant's slots by state from the results rows (one per designed slot, tallied by
+    `results.count_states`), the slots that Optuna has lost or holds more than once, and estimate the time
+    left."""
     import pandas as pd
 
     data = results.load_study(url, name, with_epochs=False)
@@ -512,20 +513,19 @@ def study_status(url: str, name: str) -> StudyStatus:
     spec = data.spec or {}
     trials = data.trials
     variants = list(spec.get("variants") or sorted(trials["variant"].unique()))
-    counts = []
-    for variant in variants:
-        sub = trials[trials["variant"] == variant]
-        counts.append(VariantStatus(variant, {s: int((sub["state"] == s).sum()) for s in STATES}))
+    table = results.count_states(trials, "variant")
+    counts = [VariantStatus(str(variant), {str(s): int(n) for s, n in row.items()})
+              for variant, row in table.reindex(variants, fill_value=0).iterrows()]
     throughput = eta = None
     # The pace of trials that trained: failed trials often fail in a second, which says nothing of how
     # long the waiting ones will take.
-    done = trials[trials["state"].isin(FINISHED_STATES) & (trials["state"] != "failed")]
+    done = trials[trials["state"].isin(SCORED_STATES)]
     if len(done) and "finished_at" in trials and "started_at" in trials:
         start = pd.to_datetime(trials["started_at"]).min()
         end = pd.to_datetime(done["finished_at"]).max()
         span = (end - start).total_seconds() if pd.notna(start) and pd.notna(end) else 0
         if span > 0:
             throughput = len(done) / span * 3600
-            left = int(trials["state"].isin(["waiting", "running"]).sum())
+            left = int(table[list(PENDING_STATES)].sum().sum())
             eta = left / throughput * 3600
     return StudyStatus(name, str(spec.get("design", "?")), counts, throughput, eta, lost, extra)

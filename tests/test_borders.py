@@ -19,7 +19,7 @@ print(",".join(bad))
 """
 
 # sweep.core may be imported by every package; nothing else of sweep by analysis or storage
-CORE = ["sweep", "sweep.core", "sweep.core.errors", "sweep.core.variants"]
+CORE = ["sweep", "sweep.core", "sweep.core.errors", "sweep.core.states", "sweep.core.variants"]
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,11 @@ from plotly.offline import get_plotlyjs
 
 from analysis.api import StudyAnalysis
 from analysis.report import build_report, build_report_from_data
-from analysis.synthetic import SyntheticStudy, synthetic_study
+from analysis.synthetic import OFFSETS, n_params, synthetic_study
+from storage.results import StudyData
+from sweep.core.errors import OdysseyError
+from sweep.core.variants import GREFF_VARIANTS as GREFF
+from sweep.core.variants import REGISTRY, VARIANTS
 
 CHROMIUM = "/usr/bin/chromium"
 FIGURES = ("fig-variants", "fig-marginals", "fig-variance", "fig-heatmap", "fig-curves")
@@ -28,7 +32,7 @@ TREES = 16  # enough for stable rankings on these strong effects, and fast
 
 
 @pytest.fixture(scope="module")
-def full(tmp_path_factory) -> tuple[Path, SyntheticStudy]:
+def full(tmp_path_factory) -> tuple[Path, StudyData]:
     data = synthetic_study(("V", "NFG", "CIFG"), trials_per_variant=50, seed=3)
     out = tmp_path_factory.mktemp("report")
     lines: list[str] = []
@@ -278,7 +282,23 @@ def test_target_seconds_and_bad_target(tmp_path):
         build_report_from_data(data, tmp_path, target="accuracy")
 
 
-def store(url: str, data: SyntheticStudy, epochs: bool = True) -> None:
+def test_synthetic_variants_and_parameter_counts_come_from_the_registry():
+    """The synthetic study knows every registered variant (and only those) and counts their parameters as
+    the registry does, plus the linear read-out."""
+    assert sorted(OFFSETS) == sorted(VARIANTS)
+    hidden = np.array([20, 57, 200])
+    for name, variant in REGISTRY.items():
+        expected = [variant.num_parameters(88, int(h)) + 88 * h + 88 for h in hidden]
+        assert n_params(name, hidden).tolist() == expected, name
+    data = synthetic_study(("V", "GRU"), trials_per_variant=5)
+    rows = data.trials.itertuples()
+    assert data.trials["n_params"].tolist() == [
+        REGISTRY[r.variant].num_parameters(88, r.hidden_size) + 88 * r.hidden_size + 88 for r in rows]
+    with pytest.raises(OdysseyError, match="unknown variant 'LSTM'"):
+        synthetic_study(("V", "LSTM"), trials_per_variant=5)
+
+
+def store(url: str, data: StudyData, epochs: bool = True) -> None:
     """Write a synthetic study through the storage write API, as workers would."""
     from storage import results
 
@@ -387,7 +407,6 @@ def test_a_reduced_report_leaves_no_numbers_from_an_earlier_run(tmp_path):
 
 
 # ------------------------------------------------------------------------ the paper's rules, shown truly
-GREFF = ("V", "NIG", "NFG", "NOG", "NIAF", "NOAF", "NP", "CIFG", "FGR")
 
 
 def figure_json(page: str, key: str) -> dict:

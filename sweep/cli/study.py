@@ -9,6 +9,7 @@ from rich.table import Table
 
 from storage.urls import mask_url, resolve_url
 from sweep.cli.common import plural, print_table, storage_option
+from sweep.core.states import PENDING_STATES, ResultState
 
 
 @click.group()
@@ -55,7 +56,7 @@ def list_(url: str | None) -> None:
         click.echo(f"no studies in {mask_url(resolved)}")
         return
     table = Table(title=f"studies in {mask_url(resolved)}")
-    columns = ["study", "dataset", "trials", "waiting", "running", "complete", "failed", "diverged"]
+    columns = ["study", "dataset", "trials", *ResultState]
     for column in columns:
         if column in ("study", "dataset"):
             table.add_column(column, no_wrap=True)
@@ -80,21 +81,21 @@ def _duration(seconds: float | None) -> str:
 @storage_option
 def status(name: str, url: str | None) -> None:
     """Per-variant counts of waiting, running, complete, failed and diverged trials, throughput and ETA."""
-    from sweep.study import STATES, study_status
+    from sweep.study import study_status
 
     resolved = resolve_url(url)
     info = study_status(resolved, name)
     table = Table(title=f"study {name} ({info.design})")
     table.add_column("variant")
-    for state in STATES:
-        table.add_column(state, justify="right")
+    for state in ResultState:
+        table.add_column(state.value, justify="right")
     for entry in info.variants:
-        table.add_row(entry.variant, *(str(entry.counts[s]) for s in STATES))
+        table.add_row(entry.variant, *(str(entry.counts[s]) for s in ResultState))
     totals = info.totals
-    table.add_row("total", *(str(totals[s]) for s in STATES), style="bold")
+    table.add_row("total", *(str(totals[s]) for s in ResultState), style="bold")
     print_table(table)
     rate = "unknown" if info.throughput_per_hour is None else f"{info.throughput_per_hour:.1f} trials/hour"
-    left = totals["waiting"] + totals["running"] + info.lost
+    left = sum(totals[s] for s in PENDING_STATES) + info.lost
     eta = "done" if left == 0 else _duration(info.eta_seconds)
     click.echo(f"throughput: {rate}; left: {left}; ETA: {eta}")
     if info.lost or info.extra:
