@@ -16,6 +16,7 @@ Raises: `SchemaOutdatedError`, `SchemaTooNewError` (both `StorageError`, one lin
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -47,7 +48,19 @@ def _config(conn: sa.Connection | None = None) -> Config:
 
 
 def _script() -> ScriptDirectory:
-    return ScriptDirectory.from_config(_config())
+    return _script_at(str(_LOCATION))
+
+
+@functools.cache
+def _script_at(location: str) -> ScriptDirectory:
+    """The migrations at ``location``, read once per process: every database open checks the revision,
+    and reading the scripts costs more than the check. Keyed by location (tests point `_LOCATION` at a
+    copy holding an extra revision)."""
+    cfg = Config()
+    cfg.set_main_option("script_location", location)
+    script = ScriptDirectory.from_config(cfg)
+    script.get_heads()  # build the revision map now, not lazily in whichever thread asks first
+    return script
 
 
 def head_revision() -> str:
