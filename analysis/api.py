@@ -26,7 +26,7 @@ from analysis.fanova import MIN_FOREST_TRIALS, MIN_ROWS, Fanova
 from analysis.space import Space, cap_diverged, finished, is_diverged, scored_trials, space_from_spec
 from analysis.stats import MIN_TOP_TRIALS, best_fraction, selection_direction, top_count, variant_stats
 from storage.results import STATE_COLUMNS, StudyData, count_states
-from sweep.core.errors import OdysseyError
+from sweep.core.errors import ConfigError, OdysseyError
 from sweep.core.states import SCORED_STATES, ResultState
 
 POOLED = "pooled"
@@ -71,13 +71,13 @@ class StudyAnalysis:
         progress: Callable[[str], None] | None = None,
     ) -> None:
         if target not in TARGETS:
-            raise OdysseyError(f"unknown target {target!r} (expected one of {', '.join(TARGETS)})")
+            raise ConfigError(f"unknown target {target!r} (expected one of {', '.join(TARGETS)})")
         select_by = select_by or VALIDATION_OF[target]
         if select_by not in TARGETS:
             expected = ", ".join(TARGETS)
-            raise OdysseyError(f"unknown selection column {select_by!r} (expected one of {expected})")
+            raise ConfigError(f"unknown selection column {select_by!r} (expected one of {expected})")
         if not 0 < top_fraction <= 1:
-            raise OdysseyError(f"top fraction must be in (0, 1], got {top_fraction}")
+            raise ConfigError(f"top fraction must be in (0, 1], got {top_fraction}")
         self.spec: Mapping = data.spec or {}
         self.name = str(self.spec.get("name") or data.name or "study")
         self.trials = data.trials
@@ -352,7 +352,7 @@ class StudyAnalysis:
         """Joint marginal of ``a`` x ``b``: columns a, b (sampled scale), mean, std, interaction."""
         fa = self.fanova(scope)
         if fa is None:
-            raise OdysseyError(f"no fANOVA for {scope!r}: {'; '.join(self.notes) or 'too few trials'}")
+            raise ConfigError(f"no fANOVA for {scope!r}: {'; '.join(self.notes) or 'too few trials'}")
         return fa.marginal_2d(a, b, grid)
 
     # ------------------------------------------------------------------------------------- curves

@@ -25,7 +25,7 @@ from sklearn.ensemble import RandomForestRegressor
 from sklearn.utils.validation import check_is_fitted
 
 from analysis.fanova_trees import TreeAnova
-from sweep.core.errors import OdysseyError
+from sweep.core.errors import ConfigError
 
 # A marginal's grid for one input: None (the default), a number of points, or the values themselves.
 Grid = int | Iterable[Any] | None
@@ -102,7 +102,7 @@ class Fanova(BaseEstimator):
             delattr(self, name)
         _check_settings(self.n_trees, self.max_depth, self.min_samples_leaf)
         if not isinstance(X, pd.DataFrame) or X.shape[1] == 0:
-            raise OdysseyError("fANOVA: inputs must be a pandas DataFrame with at least one column")
+            raise ConfigError("fANOVA: inputs must be a pandas DataFrame with at least one column")
         target = _check_target(y, X)
         # Trees are fitted on the standardised target, so neither the metric's scale nor a large offset
         # matters (a variance of 1e-16 is not mistaken for a constant, nor 1e9 + noise rounded away);
@@ -142,7 +142,7 @@ class Fanova(BaseEstimator):
         # the floor keeps rounding noise of a constant tree from being divided by.
         used = np.flatnonzero(variances > (1e-12 * np.ptp(standard)) ** 2)
         if not used.size:
-            raise OdysseyError(
+            raise ConfigError(
                 f"fANOVA: every one of the {self.n_trees} trees is constant (each bootstrap sample of the "
                 f"{len(target)} trials drew equal targets); fit more trees or add trials"
             )
@@ -180,11 +180,11 @@ class Fanova(BaseEstimator):
     def _index(self, param: str) -> int:
         if param in self.dropped_:
             value = self.dropped_[param]
-            raise OdysseyError(f"fANOVA: input '{param}' is constant ({_show(value)}) and was left out")
+            raise ConfigError(f"fANOVA: input '{param}' is constant ({_show(value)}) and was left out")
         try:
             return self.params_.index(param)
         except ValueError:
-            raise OdysseyError(f"fANOVA: unknown input '{param}'; inputs are {self.params_}") from None
+            raise ConfigError(f"fANOVA: unknown input '{param}'; inputs are {self.params_}") from None
 
     # --------------------------------------------------------------------------------- importances
     def main_effects(self) -> pd.DataFrame:
@@ -255,7 +255,7 @@ class Fanova(BaseEstimator):
                 chosen = list(grid)
                 missing = [v for v in chosen if v not in levels]
                 if missing:
-                    raise OdysseyError(
+                    raise ConfigError(
                         f"fANOVA: unknown level(s) {missing} of '{param}'; levels are {levels}"
                     )
             codes = np.array([levels.index(v) for v in chosen], dtype=float)
@@ -264,12 +264,12 @@ class Fanova(BaseEstimator):
         if grid is None or isinstance(grid, int | np.integer):
             n = default if grid is None else int(grid)
             if n < 2:
-                raise OdysseyError(f"fANOVA: a grid for '{param}' needs at least 2 points, got {n}")
+                raise ConfigError(f"fANOVA: a grid for '{param}' needs at least 2 points, got {n}")
             values = np.linspace(lo, hi, n)
         else:
             values = np.asarray(list(grid), dtype=float)
             if not values.size or not np.isfinite(values).all():
-                raise OdysseyError(f"fANOVA: the grid for '{param}' must be non-empty and finite")
+                raise ConfigError(f"fANOVA: the grid for '{param}' must be non-empty and finite")
         return values, (values - lo) / (hi - lo)
 
     def marginal(self, param: str, grid: Grid = None) -> pd.DataFrame:
@@ -302,7 +302,7 @@ class Fanova(BaseEstimator):
         self._check_fitted("marginal_2d")
         j, k = self._index(a), self._index(b)
         if j == k:
-            raise OdysseyError(f"fANOVA: marginal_2d needs two different inputs, got '{a}' twice")
+            raise ConfigError(f"fANOVA: marginal_2d needs two different inputs, got '{a}' twice")
         if isinstance(grid, tuple | list) and len(grid) == 2 and not np.isscalar(grid[0]):
             grid_a, grid_b = grid
         else:
@@ -346,15 +346,15 @@ def _prepare_inputs(
 ) -> _Inputs:
     names = [str(c) for c in X.columns]
     if len(set(names)) != len(names):
-        raise OdysseyError(f"fANOVA: duplicate input columns in {names}")
+        raise ConfigError(f"fANOVA: duplicate input columns in {names}")
     categorical = [str(c) for c in ([categorical] if isinstance(categorical, str) else categorical)]
     unknown = sorted(set(categorical) - set(names))
     if unknown:
-        raise OdysseyError(f"fANOVA: categorical input(s) {unknown} are not columns of the data {names}")
+        raise ConfigError(f"fANOVA: categorical input(s) {unknown} are not columns of the data {names}")
     bounds = dict(bounds or {})
     unknown = sorted(set(map(str, bounds)) - set(names))
     if unknown:
-        raise OdysseyError(f"fANOVA: bounds given for unknown input(s) {unknown}; inputs are {names}")
+        raise ConfigError(f"fANOVA: bounds given for unknown input(s) {unknown}; inputs are {names}")
     out = _Inputs([], {}, {}, np.empty(0))
     columns: list[np.ndarray] = []
 
@@ -364,10 +364,10 @@ def _prepare_inputs(
 
     for name, (_, col) in zip(names, X.items(), strict=True):
         if col.isna().any():
-            raise OdysseyError(f"fANOVA: input '{name}' has {int(col.isna().sum())} missing value(s)")
+            raise ConfigError(f"fANOVA: input '{name}' has {int(col.isna().sum())} missing value(s)")
         if name in categorical:
             if name in bounds:
-                raise OdysseyError(f"fANOVA: bounds given for categorical input '{name}'")
+                raise ConfigError(f"fANOVA: bounds given for categorical input '{name}'")
             levels = _sorted_levels(col.unique().tolist())
             if len(levels) < 2:
                 drop(name, levels[0])
@@ -386,34 +386,34 @@ def _prepare_inputs(
         out.domain[name] = (lo, hi)
         columns.append(np.clip((values - lo) / (hi - lo), 0.0, 1.0))
     if not out.params:
-        raise OdysseyError("fANOVA: every input is constant; nothing to analyse")
+        raise ConfigError("fANOVA: every input is constant; nothing to analyse")
     out.unit = np.column_stack(columns)
     return out
 
 
 def _check_settings(n_trees: int, max_depth: int | None, min_samples_leaf: int) -> None:
     if not isinstance(n_trees, int | np.integer) or n_trees < 1:
-        raise OdysseyError(f"fANOVA: n_trees must be a positive integer, got {n_trees!r}")
+        raise ConfigError(f"fANOVA: n_trees must be a positive integer, got {n_trees!r}")
     if max_depth is not None and (not isinstance(max_depth, int | np.integer) or max_depth < 1):
-        raise OdysseyError(f"fANOVA: max_depth must be a positive integer or None, got {max_depth!r}")
+        raise ConfigError(f"fANOVA: max_depth must be a positive integer or None, got {max_depth!r}")
     if not isinstance(min_samples_leaf, int | np.integer) or min_samples_leaf < 1:
-        raise OdysseyError(f"fANOVA: min_samples_leaf must be a positive integer, got {min_samples_leaf!r}")
+        raise ConfigError(f"fANOVA: min_samples_leaf must be a positive integer, got {min_samples_leaf!r}")
 
 
 def _check_target(y: Iterable[float], X: pd.DataFrame) -> np.ndarray:
     try:
         target = np.asarray(y, dtype=float).ravel()
     except (TypeError, ValueError):
-        raise OdysseyError("fANOVA: the target must be numeric") from None
+        raise ConfigError("fANOVA: the target must be numeric") from None
     if len(target) != len(X):
-        raise OdysseyError(f"fANOVA: {len(target)} target values for {len(X)} rows of inputs")
+        raise ConfigError(f"fANOVA: {len(target)} target values for {len(X)} rows of inputs")
     if len(target) < MIN_ROWS:
-        raise OdysseyError(f"fANOVA: needs at least {MIN_ROWS} trials, got {len(target)}")
+        raise ConfigError(f"fANOVA: needs at least {MIN_ROWS} trials, got {len(target)}")
     bad = int((~np.isfinite(target)).sum())
     if bad:
-        raise OdysseyError(f"fANOVA: the target has {bad} NaN or infinite value(s); drop those trials first")
+        raise ConfigError(f"fANOVA: the target has {bad} NaN or infinite value(s); drop those trials first")
     if np.unique(target).size < 2:
-        raise OdysseyError(f"fANOVA: the target is constant ({target[0]:g}); there is no variance to explain")
+        raise ConfigError(f"fANOVA: the target is constant ({target[0]:g}); there is no variance to explain")
     return target
 
 
@@ -436,9 +436,9 @@ def _numeric_column(name: str, col: pd.Series) -> np.ndarray:
     try:
         values = col.to_numpy(dtype=float)
     except (TypeError, ValueError):
-        raise OdysseyError(f"fANOVA: input '{name}' is not numeric; pass it in categorical=") from None
+        raise ConfigError(f"fANOVA: input '{name}' is not numeric; pass it in categorical=") from None
     if not np.isfinite(values).all():
-        raise OdysseyError(f"fANOVA: input '{name}' has infinite values")
+        raise ConfigError(f"fANOVA: input '{name}' has infinite values")
     return values
 
 
@@ -450,12 +450,12 @@ def _domain(name: str, values: np.ndarray, given: tuple[float, float] | None) ->
     try:
         lo, hi = (float(v) for v in given)
     except (TypeError, ValueError):
-        raise OdysseyError(f"fANOVA: bounds for '{name}' must be a pair of numbers, got {given!r}") from None
+        raise ConfigError(f"fANOVA: bounds for '{name}' must be a pair of numbers, got {given!r}") from None
     if not (math.isfinite(lo) and math.isfinite(hi)) or lo >= hi:
-        raise OdysseyError(f"fANOVA: bounds for '{name}' must be finite with low < high, got {given!r}")
+        raise ConfigError(f"fANOVA: bounds for '{name}' must be finite with low < high, got {given!r}")
     slack = _BOUNDS_SLACK * (hi - lo)
     if vmin < lo - slack or vmax > hi + slack:
-        raise OdysseyError(
+        raise ConfigError(
             f"fANOVA: data of '{name}' span [{vmin:g}, {vmax:g}], outside its bounds [{lo:g}, {hi:g}]"
         )
     return lo, hi

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from sweep.core.errors import OdysseyError
+from sweep.core.errors import ConfigError
 from sweep.core.states import PENDING_STATES, SCORED_STATES, ResultState
 
 SCALES = ("linear", "log", "log1m")
@@ -90,22 +90,22 @@ def space_from_spec(spec: Mapping) -> Space:
     """Read the ``space`` table of a stored study spec; a malformed entry raises ``OdysseyError``."""
     raw = spec.get("space")
     if not isinstance(raw, Mapping) or not raw:
-        raise OdysseyError("study spec has no 'space' table of hyperparameters")
+        raise ConfigError("study spec has no 'space' table of hyperparameters")
     params: dict[str, Param] = {}
     fixed: dict[str, object] = {}
     for name, entry in raw.items():
         if not isinstance(entry, Mapping):
-            raise OdysseyError(f"study spec: space entry {name!r} is not a table")
+            raise ConfigError(f"study spec: space entry {name!r} is not a table")
         if entry.get("value") is not None:
             fixed[name] = entry["value"]
             continue
         scale = entry.get("scale", "linear")
         if scale not in SCALES:
-            raise OdysseyError(f"study spec: {name!r} has unknown scale {scale!r} (expected one of {SCALES})")
+            raise ConfigError(f"study spec: {name!r} has unknown scale {scale!r} (expected one of {SCALES})")
         try:
             low, high = float(entry["low"]), float(entry["high"])
         except (KeyError, TypeError, ValueError):
-            raise OdysseyError(
+            raise ConfigError(
                 f"study spec: {name!r} needs numeric 'low' and 'high' or a fixed 'value'"
             ) from None
         if low == high:
@@ -113,7 +113,7 @@ def space_from_spec(spec: Mapping) -> Space:
             continue
         param = Param(name, str(entry.get("type", "float")), scale, low, high)
         if not all(math.isfinite(b) for b in param.bounds):
-            raise OdysseyError(
+            raise ConfigError(
                 f"study spec: bounds of {name!r} [{low}, {high}] are invalid for scale {scale!r}"
             )
         params[name] = param
@@ -147,7 +147,7 @@ def cap_diverged(
     trials that were changed.
     """
     if target not in trials:
-        raise OdysseyError(f"results have no column {target!r} to analyse")
+        raise ConfigError(f"results have no column {target!r} to analyse")
     raw = pd.to_numeric(trials[target], errors="coerce").astype(float)
     finite = np.isfinite(raw)
     diverged = is_diverged(trials)
@@ -155,7 +155,7 @@ def cap_diverged(
     if reference.empty:
         reference = raw[finite]
     if reference.empty:
-        raise OdysseyError(f"no finished trial has a finite {target!r}; nothing to analyse")
+        raise ConfigError(f"no finished trial has a finite {target!r}; nothing to analyse")
     worst = reference.max() if direction == "minimize" else reference.min()
     beyond = raw > worst if direction == "minimize" else raw < worst
     capped = ~finite | (diverged & beyond)
@@ -166,18 +166,18 @@ def to_sampled(trials: pd.DataFrame, space: Space) -> pd.DataFrame:
     """The varied hyperparameters of ``trials`` on their sampled scale (one column each, same index)."""
     missing = [name for name in space.params if name not in trials]
     if missing:
-        raise OdysseyError(
+        raise ConfigError(
             f"results lack the hyperparameter column(s) {', '.join(missing)} named in the spec"
         )
     out = {}
     for name, param in space.params.items():
         raw = pd.to_numeric(trials[name], errors="coerce")
         if raw.isna().any():
-            raise OdysseyError(f"{int(raw.isna().sum())} finished trial(s) have no value for {name!r}")
+            raise ConfigError(f"{int(raw.isna().sum())} finished trial(s) have no value for {name!r}")
         values = param.to_sampled(raw)
         if len(values) and not np.all(np.isfinite(values)):
             bad = float(raw[~np.isfinite(values)].iloc[0])
-            raise OdysseyError(
+            raise ConfigError(
                 f"hyperparameter {name!r} has value {bad!r}, impossible on scale {param.scale!r}"
             )
         out[name] = values

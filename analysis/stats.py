@@ -19,7 +19,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from analysis.space import cap_diverged, finished, is_diverged
-from sweep.core.errors import OdysseyError
+from sweep.core.errors import ConfigError
 
 MIN_PAIRS = 6  # a two-sided Wilcoxon test on fewer pairs can never reach p < 0.05
 #: Fewest trials a variant's best fraction should hold for its mean, spread and t-test to say anything.
@@ -118,7 +118,7 @@ def variant_stats(
     if done.empty:
         return pd.DataFrame(columns=COLUMNS)
     if direction not in ("minimize", "maximize"):
-        raise OdysseyError(f"direction must be 'minimize' or 'maximize', not {direction!r}")
+        raise ConfigError(f"direction must be 'minimize' or 'maximize', not {direction!r}")
     score, capped = cap_diverged(done, metric, direction)
     rank, rank_direction = score, direction
     if select_by and select_by != metric:

@@ -28,7 +28,7 @@ import os
 import sys
 from dataclasses import dataclass
 
-from sweep.core.errors import OdysseyError
+from sweep.core.errors import ConfigError, OdysseyError
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ def _role_from_env(prefix: str) -> Role | None:
         return None
     passphrase = os.environ.get(f"{prefix}_PASSWORD", "")
     if not passphrase:
-        raise OdysseyError(f"set {prefix}_PASSWORD for the role {name!r} (see .env.example)")
+        raise ConfigError(f"set {prefix}_PASSWORD for the role {name!r} (see .env.example)")
     return Role(name, passphrase)
 
 
@@ -120,7 +120,7 @@ def setup_roles(url: str, roles: Roles) -> None:
         cur = conn.cursor()
         me = cur.execute("SELECT current_user, current_database()").fetchone()
         if me[0] in (roles.app.name, roles.reader and roles.reader.name):
-            raise OdysseyError(f"the application and read-only roles must differ from {me[0]!r}, the "
+            raise ConfigError(f"the application and read-only roles must differ from {me[0]!r}, the "
                                "administrator db-init connects as")
         _ensure_role(conn, roles.app, read_only=False)
         app, database = sql.Identifier(roles.app.name), sql.Identifier(me[1])
@@ -176,7 +176,7 @@ def main() -> None:
         url = resolve_url(None)
         roles = roles_from_env()
         if roles is not None and url.startswith("sqlite"):
-            raise OdysseyError("database roles need PostgreSQL: unset ODYSSEY_APP_USER for SQLite")
+            raise ConfigError("database roles need PostgreSQL: unset ODYSSEY_APP_USER for SQLite")
         prepare(url, roles)
     except OdysseyError as exc:
         sys.exit(f"error: {exc}")

@@ -24,7 +24,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import StaticPool
 
 from storage.urls import is_sqlite, mask_url, resolve_url, scrub, secrets_of
-from sweep.core.errors import OdysseyError
+from sweep.core.errors import ConfigError, OdysseyError, StorageError
 
 log = logging.getLogger(f"odyssey.{__name__}")
 
@@ -159,14 +159,14 @@ def require_existing_database(url: str) -> None:
     """
     file = sqlite_file(url) if is_sqlite(url) else None
     if file is not None and not file.exists():
-        raise OdysseyError(f"no study database at {mask_url(url)}: file {file} does not exist "
+        raise StorageError(f"no study database at {mask_url(url)}: file {file} does not exist "
                            "(check the path, or create a study there first with `odyssey study create`)")
 
 
 def _create_engine(url: str) -> sa.Engine:
     file = sqlite_file(url) if is_sqlite(url) else None
     if file is not None and not file.parent.exists():
-        raise OdysseyError(f"cannot open SQLite database {file}: directory {file.parent} does not exist")
+        raise StorageError(f"cannot open SQLite database {file}: directory {file.parent} does not exist")
     engine = sa.create_engine(url, **engine_kwargs(url))
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_on_connect)
@@ -381,8 +381,8 @@ def translate(exc: BaseException, url: str, action: str | None = None) -> Odysse
     reason = scrub(root_message(exc), secrets)
     masked = mask_url(url)
     if is_connection_error(exc):
-        return OdysseyError(f"cannot connect to {masked}: {reason}")
-    return OdysseyError(f"database error on {masked}" + (f" ({action})" if action else "") + f": {reason}")
+        return StorageError(f"cannot connect to {masked}: {reason}")
+    return StorageError(f"database error on {masked}" + (f" ({action})" if action else "") + f": {reason}")
 
 
 @contextmanager
@@ -420,7 +420,7 @@ def connect_wait() -> float:
     try:
         return max(0.0, float(raw))
     except ValueError:
-        raise OdysseyError(f"ODYSSEY_DB_CONNECT_WAIT must be a number of seconds, got {raw!r}") from None
+        raise ConfigError(f"ODYSSEY_DB_CONNECT_WAIT must be a number of seconds, got {raw!r}") from None
 
 
 def retry_budget(retry_seconds: float | None = None) -> float:
@@ -432,7 +432,7 @@ def retry_budget(retry_seconds: float | None = None) -> float:
         try:
             return max(0.0, float(raw))
         except ValueError:
-            raise OdysseyError(f"ODYSSEY_DB_RETRY_SECONDS must be a number of seconds, got {raw!r}") from None
+            raise ConfigError(f"ODYSSEY_DB_RETRY_SECONDS must be a number of seconds, got {raw!r}") from None
     return DEFAULT_RETRY_SECONDS
 
 

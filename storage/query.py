@@ -34,7 +34,7 @@ from storage.engine import (
 )
 from storage.results import READ_RETRY_SECONDS, load_study
 from storage.urls import is_sqlite, password_of, resolve_url, scrub, secrets_of
-from sweep.core.errors import OdysseyError
+from sweep.core.errors import ConfigError, OdysseyError, StorageError
 
 EXPORT_FORMATS = ("csv", "parquet")
 #: environment variables naming the database (and its role's password) that `odyssey query` reads
@@ -65,7 +65,7 @@ def run_readonly(url: str | None, sql: str, max_rows: int | None = None) -> pd.D
     (superuser, `SERVER_ROLES`); a SQL error raises a one-line OdysseyError. ``max_rows`` caps the rows.
     """
     if not isinstance(sql, str) or not sql.strip().rstrip(";").strip():
-        raise OdysseyError("query refused: the SQL statement is empty")
+        raise ConfigError("query refused: the SQL statement is empty")
     resolved = query_url(url)
     if is_sqlite(resolved):
         return _run_sqlite(resolved, sql, max_rows)
@@ -102,14 +102,14 @@ def _query_error(exc: BaseException, url: str) -> OdysseyError:
     sqlstate = getattr(exc, "sqlstate", None) or getattr(getattr(exc, "orig", None), "sqlstate", None)
     if (sqlstate == "25006" or "readonly database" in text or "read-only transaction" in text
             or "not authorized" in text):
-        return OdysseyError(_READONLY_REFUSAL)
+        return StorageError(_READONLY_REFUSAL)
     if sqlstate == "42501":  # insufficient_privilege: the role may not (COPY TO PROGRAM, pg_read_file, ...)
-        return OdysseyError(f"query refused: {scrub(root_message(exc), secrets_of(url))}")
+        return StorageError(f"query refused: {scrub(root_message(exc), secrets_of(url))}")
     if "one statement at a time" in text or "multiple commands" in text:
-        return OdysseyError("query refused: run one SQL statement at a time")
+        return StorageError("query refused: run one SQL statement at a time")
     if is_connection_error(exc) and not isinstance(exc, sqlite3.Error):
         return translate(exc, url, "run a query")
-    return OdysseyError(f"query failed: {scrub(root_message(exc), secrets_of(url))}")
+    return StorageError(f"query failed: {scrub(root_message(exc), secrets_of(url))}")
 
 
 def _fetch(cursor: Any, max_rows: int | None) -> pd.DataFrame:
@@ -183,7 +183,7 @@ def _run_sqlite(url: str, sql: str, max_rows: int | None) -> pd.DataFrame:
     try:
         conn = sqlite3.connect(uri, uri=True, timeout=_SQLITE_BUSY_TIMEOUT_S)
     except sqlite3.Error as exc:
-        raise OdysseyError(f"cannot open SQLite database {file}: {exc}") from None
+        raise StorageError(f"cannot open SQLite database {file}: {exc}") from None
     try:
         conn.execute("PRAGMA query_only = ON")
         conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)  # a second guard: no other database at all
@@ -212,7 +212,7 @@ def _execute_sqlite(conn: sqlite3.Connection, url: str, sql: str, max_rows: int 
         return _fetch(conn.execute(sql), max_rows)
     except sqlite3.Error as exc:
         if authorizer.refused is not None:
-            raise OdysseyError(f"query refused: {authorizer.refused}") from None
+            raise StorageError(f"query refused: {authorizer.refused}") from None
         raise _query_error(exc, url) from None
     finally:
         conn.set_authorizer(None)
@@ -237,7 +237,7 @@ def _refuse_privileged_role(cursor: Any) -> None:
     if not (superuser or roles):
         return
     held = "is a superuser" if superuser else f"is a member of {', '.join(roles)}"
-    raise OdysseyError(
+    raise StorageError(
         f"query refused: role {user!r} {held}, so a query could run programs, touch files or stop sessions "
         "on the database server; query as a read-only role instead: --storage "
         "postgresql://READER@HOST/DB or $ODYSSEY_QUERY_STORAGE (see docs/results-schema.md)")
@@ -280,9 +280,9 @@ def export(url: str | None, study: str, path: str | os.PathLike[str], format: st
     target = Path(path)
     fmt = (format or target.suffix.lstrip(".") or "csv").lower()
     if fmt not in EXPORT_FORMATS:
-        raise OdysseyError(f"unknown export format {fmt!r}: use {' or '.join(EXPORT_FORMATS)}")
+        raise ConfigError(f"unknown export format {fmt!r}: use {' or '.join(EXPORT_FORMATS)}")
     if not target.parent.exists():
-        raise OdysseyError(f"cannot write {target}: directory {target.parent} does not exist")
+        raise ConfigError(f"cannot write {target}: directory {target.parent} does not exist")
     frame = _export_frame(url, study)
     tmp = None
     try:

@@ -31,7 +31,7 @@ from storage.schema import (
 )
 from storage.schema import params as param_table
 from storage.urls import is_sqlite, mask_url, resolve_url, scrub, secrets_of
-from sweep.core.errors import OdysseyError
+from sweep.core.errors import ConfigError, StorageError
 from sweep.core.states import ENDED_STATES, ResultState
 
 log = logging.getLogger(f"odyssey.{__name__}")
@@ -80,7 +80,7 @@ def _finite(value: Any) -> float | None:
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise OdysseyError(f"expected a number, got {value!r}") from None
+        raise ValueError(f"expected a number, got {value!r}") from None
     return number if math.isfinite(number) else None
 
 
@@ -92,16 +92,16 @@ def _int_or_none(value: Any, what: str) -> int | None:
     try:
         number = int(value)
     except (TypeError, ValueError):
-        raise OdysseyError(f"{what} must be an integer, got {value!r}") from None
+        raise ValueError(f"{what} must be an integer, got {value!r}") from None
     if number != value and not isinstance(value, str):
-        raise OdysseyError(f"{what} must be an integer, got {value!r}")
+        raise ValueError(f"{what} must be an integer, got {value!r}")
     return number
 
 
 def _slot(value: Any) -> int:
     slot = _int_or_none(value, "slot")
     if slot is None or isinstance(value, bool):
-        raise OdysseyError(f"slot must be an integer, got {value!r}")
+        raise ValueError(f"slot must be an integer, got {value!r}")
     return slot
 
 
@@ -144,8 +144,8 @@ def _read(
     return with_retry(attempt, resolved, what=what, retry_seconds=READ_RETRY_SECONDS)
 
 
-def _not_found(study: str, url: str) -> OdysseyError:
-    return OdysseyError(f"study {study!r} not found in {mask_url(url)}")
+def _not_found(study: str, url: str) -> StorageError:
+    return StorageError(f"study {study!r} not found in {mask_url(url)}")
 
 
 def _require_study(conn: sa.Connection, study: str, url: str) -> sa.Row:
@@ -159,17 +159,17 @@ def _trial_key(study: str, slot: int) -> sa.ColumnElement[bool]:
     return sa.and_(trials.c.study == study, trials.c.slot == slot)
 
 
-def _no_slot(study: str, slot: int) -> OdysseyError:
-    return OdysseyError(f"study {study!r} has no designed trial in slot {slot}")
+def _no_slot(study: str, slot: int) -> StorageError:
+    return StorageError(f"study {study!r} has no designed trial in slot {slot}")
 
 
 def _normalise_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(spec, Mapping):
-        raise OdysseyError(f"a study spec must be a mapping, got {type(spec).__name__}")
+        raise TypeError(f"a study spec must be a mapping, got {type(spec).__name__}")
     try:
         return json.loads(json.dumps(dict(spec), allow_nan=False))
     except (TypeError, ValueError) as exc:
-        raise OdysseyError(f"study spec is not plain JSON: {exc}") from None
+        raise ValueError(f"study spec is not plain JSON: {exc}") from None
 
 
 def _dataset_of(spec: Mapping[str, Any]) -> str | None:
@@ -181,7 +181,7 @@ def _dataset_of(spec: Mapping[str, Any]) -> str | None:
 
 def _check_name(name: Any) -> str:
     if not isinstance(name, str) or not name.strip() or len(name) > 255:
-        raise OdysseyError(f"a study name must be a non-empty string of at most 255 characters, got {name!r}")
+        raise ConfigError(f"a study name must be a non-empty string of at most 255 characters, got {name!r}")
     return name
 
 
@@ -189,11 +189,11 @@ def _param_rows(study: str, slot: int, values: Mapping[str, Any] | None) -> list
     if values is None:
         return []
     if not isinstance(values, Mapping):
-        raise OdysseyError(f"params of slot {slot} must be a mapping of name -> number")
+        raise TypeError(f"params of slot {slot} must be a mapping of name -> number")
     rows = []
     for name, value in values.items():
         if not isinstance(name, str) or not name or len(name) > 64:
-            raise OdysseyError(f"invalid hyperparameter name {name!r} in slot {slot}")
+            raise ValueError(f"invalid hyperparameter name {name!r} in slot {slot}")
         if isinstance(value, bool):
             value = float(value)
         rows.append({"study": study, "slot": slot, "name": name, "value": _finite(value)})
@@ -224,7 +224,7 @@ def register_study(
         if stored.spec == spec and stored.dataset == dataset:
             return
         if not replace:
-            raise OdysseyError(
+            raise StorageError(
                 f"study {name!r} already exists in {mask_url(resolved)} with a different spec; "
                 "delete it or choose another name"
             )
@@ -243,14 +243,14 @@ def record_designed_trials(url: str | None, study: str, rows: Iterable[Mapping[s
     now = utcnow()
     for row in rows:
         if not isinstance(row, Mapping):
-            raise OdysseyError(f"a designed trial must be a mapping, got {type(row).__name__}")
+            raise TypeError(f"a designed trial must be a mapping, got {type(row).__name__}")
         slot = _slot(row.get("slot"))
         if slot in seen:
-            raise OdysseyError(f"slot {slot} appears twice among the designed trials of {study!r}")
+            raise ValueError(f"slot {slot} appears twice among the designed trials of {study!r}")
         seen.add(slot)
         variant = row.get("variant")
         if not isinstance(variant, str) or not variant:
-            raise OdysseyError(f"designed trial in slot {slot} has no variant")
+            raise ValueError(f"designed trial in slot {slot} has no variant")
         trial_rows.append({
             "study": study, "slot": slot, "variant": variant, "dataset": row.get("dataset"),
             "seed": _int_or_none(row.get("seed"), f"seed of slot {slot}"), "state": ResultState.WAITING,
@@ -468,7 +468,7 @@ def record_trial_finished(
     slot = _slot(slot)
     if state not in ENDED_STATES:
         allowed = ", ".join(ENDED_STATES)
-        raise OdysseyError(f"a finished trial's state must be one of {allowed}, got {state!r}")
+        raise ValueError(f"a finished trial's state must be one of {allowed}, got {state!r}")
     state = ResultState(state)
     result = {} if result is None else result
     values: dict[str, Any] = {}

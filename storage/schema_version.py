@@ -11,11 +11,12 @@ own `alembic_version` beside it). On open:
 
 A database written by release 0.1.0 has the tables and no version table; it counts as `BASELINE`.
 
-Raises: `SchemaOutdatedError`, `SchemaTooNewError` (both `OdysseyError`, one line, no password).
+Raises: `SchemaOutdatedError`, `SchemaTooNewError` (both `StorageError`, one line, no password).
 """
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -24,18 +25,18 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from sweep.core.errors import OdysseyError
+from sweep.core.errors import StorageError
 
 #: the revision of the tables that release 0.1.0 created without a version table
 BASELINE = "0001"
 _LOCATION = Path(__file__).with_name("migrations")
 
 
-class SchemaOutdatedError(OdysseyError):
+class SchemaOutdatedError(StorageError):
     """The database's results schema is older than this release's: `odyssey db upgrade` brings it up."""
 
 
-class SchemaTooNewError(OdysseyError):
+class SchemaTooNewError(StorageError):
     """The database was written by a newer release of lstm-odyssey."""
 
 
@@ -47,7 +48,19 @@ def _config(conn: sa.Connection | None = None) -> Config:
 
 
 def _script() -> ScriptDirectory:
-    return ScriptDirectory.from_config(_config())
+    return _script_at(str(_LOCATION))
+
+
+@functools.cache
+def _script_at(location: str) -> ScriptDirectory:
+    """The migrations at ``location``, read once per process: every database open checks the revision,
+    and reading the scripts costs more than the check. Keyed by location (tests point `_LOCATION` at a
+    copy holding an extra revision)."""
+    cfg = Config()
+    cfg.set_main_option("script_location", location)
+    script = ScriptDirectory.from_config(cfg)
+    script.get_heads()  # build the revision map now, not lazily in whichever thread asks first
+    return script
 
 
 def head_revision() -> str:
@@ -152,7 +165,7 @@ def upgrade_database(url: str | None) -> tuple[str | None, str]:
     resolved = resolve_url(url)
     file = sqlite_file(resolved) if is_sqlite(resolved) else None
     if file is not None and not file.exists():
-        raise OdysseyError(f"no database at {file}: nothing to upgrade")
+        raise StorageError(f"no database at {file}: nothing to upgrade")
     engine = get_engine(resolved)
     with translated(resolved, "upgrade the database"):
         storage = optuna.storages.RDBStorage(resolved, engine_kwargs=engine_kwargs(resolved),

@@ -8,7 +8,7 @@ import re
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-from sweep.core.errors import OdysseyError
+from sweep.core.errors import StorageError
 
 ENV_VAR = "ODYSSEY_STORAGE"
 DEFAULT_URL = "sqlite:///odyssey.db"
@@ -71,22 +71,22 @@ def resolve_url(url: str | None) -> str:
     try:
         parsed = make_url(raw)
     except (ArgumentError, ValueError, TypeError):
-        raise OdysseyError(
+        raise StorageError(
             f"invalid storage URL {scrub(raw)!r}: expected sqlite:///PATH or postgresql://USER:PASSWORD@HOST/DB"
         ) from None
     driver = parsed.drivername.lower()
     if driver in _PG_DRIVERS:
         parsed = parsed.set(drivername="postgresql+psycopg")
         if not parsed.database:
-            raise OdysseyError(f"storage URL {mask_url(parsed)} names no database (add /DBNAME)")
+            raise StorageError(f"storage URL {mask_url(parsed)} names no database (add /DBNAME)")
     elif driver in _SQLITE_DRIVERS:
         parsed = parsed.set(drivername="sqlite")
         if parsed.host or parsed.username:
-            raise OdysseyError(
+            raise StorageError(
                 f"invalid SQLite URL {mask_url(parsed)}: use sqlite:///relative/path.db or sqlite:////abs/path.db"
             )
     else:
-        raise OdysseyError(
+        raise StorageError(
             f"unsupported storage URL scheme {parsed.drivername!r} in {mask_url(parsed)}: "
             "use sqlite:///PATH or postgresql://USER:PASSWORD@HOST/DB"
         )

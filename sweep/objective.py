@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sweep.core.errors import OdysseyError
+from sweep.core.errors import ConfigError
 from sweep.spec import StudySpec
 
 ENV_VAR = "ODYSSEY_OBJECTIVE"
@@ -209,12 +209,12 @@ def resolve_objective(name: str | None = None) -> Objective:
         try:
             seconds = float(name.split(":", 1)[1])
         except ValueError:
-            raise OdysseyError(f"objective {name!r}: expected sleep:SECONDS") from None
+            raise ConfigError(f"objective {name!r}: expected sleep:SECONDS") from None
         return make_sleep_objective(seconds)
     if ":" in name:
         module, attr = name.split(":", 1)
         try:
             return getattr(importlib.import_module(module), attr)
         except (ImportError, AttributeError) as exc:
-            raise OdysseyError(f"objective {name!r} cannot be loaded: {exc}") from None
-    raise OdysseyError(f"unknown objective {name!r} (use train, noop, sleep:SECONDS or module:function)")
+            raise ConfigError(f"objective {name!r} cannot be loaded: {exc}") from None
+    raise ConfigError(f"unknown objective {name!r} (use train, noop, sleep:SECONDS or module:function)")

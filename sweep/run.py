@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from storage import results
-from sweep.core.errors import OdysseyError
+from sweep.core.errors import ConfigError, OdysseyError
 from sweep.core.states import ENDED_STATES, ResultState
 from sweep.spec import StudySpec
 from sweep.worker import WorkerConfig, _die_with_parent
@@ -114,7 +114,7 @@ def run_study(
     re-queued) before the exception propagates.
     """
     if workers < 1:
-        raise OdysseyError("--workers must be at least 1")
+        raise ConfigError("--workers must be at least 1")
     # Exactly `workers` slots, spread over the devices in turn; run_workers sets the CPU threads.
     slots = [devices[i % len(devices)] for i in range(workers)]
     config = WorkerConfig(url=url, study=spec.name, heartbeat_interval=heartbeat_interval,

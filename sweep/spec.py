@@ -27,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from sweep.core.errors import OdysseyError
+from sweep.core.errors import ConfigError, OdysseyError
 from sweep.core.variants import GREFF_VARIANTS, VARIANTS, custom_variant
 
 DATASETS: tuple[str, ...] = ("jsb", "ptb", "char", "synthetic")
@@ -46,7 +46,7 @@ SEARCHABLE: dict[str, str] = {
 }
 
 
-class SpecFieldError(ValueError):
+class SpecFieldError(ConfigError):
     """A validation problem with one named sub-field (so the message can say `space.x.low must ...`)."""
 
     def __init__(self, field: str, message: str) -> None:
@@ -335,7 +335,7 @@ def parse_spec(data: dict[str, Any], source: str = "<dict>", stored: bool = Fals
     try:
         return StudySpec.model_validate(data, context={"stored": stored})
     except ValidationError as exc:
-        raise OdysseyError(_format_error(source, exc)) from None
+        raise ConfigError(_format_error(source, exc)) from None
 
 
 def load_spec(path: str | Path) -> StudySpec:
@@ -344,11 +344,11 @@ def load_spec(path: str | Path) -> StudySpec:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise OdysseyError(f"spec {path}: no such file") from None
+        raise ConfigError(f"spec {path}: no such file") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise OdysseyError(f"spec {path}: cannot read ({type(exc).__name__})") from None
+        raise ConfigError(f"spec {path}: cannot read ({type(exc).__name__})") from None
     except tomllib.TOMLDecodeError as exc:
-        raise OdysseyError(f"spec {path}: invalid TOML: {exc}") from None
+        raise ConfigError(f"spec {path}: invalid TOML: {exc}") from None
     return parse_spec(data, str(path))
 
 

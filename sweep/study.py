@@ -24,7 +24,7 @@ from storage.engine import optuna_storage, with_retry
 from storage.failpoints import failpoint
 from storage.locks import named_lock
 from sweep.cli.common import plural
-from sweep.core.errors import OdysseyError
+from sweep.core.errors import ConfigError, OdysseyError, StorageError
 from sweep.core.states import PENDING_STATES, SCORED_STATES, ResultState
 from sweep.objective import name_metric
 from sweep.spec import StudySpec, design_points, parse_spec
@@ -128,7 +128,7 @@ def load_optuna_study(url: str, name: str, storage: Any | None = None, sampler: 
     except KeyError:
         names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
         known = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
-        raise OdysseyError(f"no study named {name!r} in this storage (studies: {known or 'none'})") from None
+        raise StorageError(f"no study named {name!r} in this storage (studies: {known or 'none'})") from None
 
 
 def stored_spec(study: optuna.Study) -> StudySpec | None:
@@ -155,7 +155,7 @@ def check_dataset(spec: StudySpec) -> None:
     dataset = load_dataset(spec.dataset.name, **spec.dataset.options)
     known = sorted(getattr(dataset, "metrics", (dataset.metric,)))
     if spec.metric not in known:
-        raise OdysseyError(
+        raise ConfigError(
             f"metric {spec.metric!r} is not one of the {spec.dataset.name} dataset's ({', '.join(known)})"
         )
 
@@ -217,12 +217,12 @@ def _create_locked(url: str, storage: Any, spec: StudySpec,
         old = existing.user_attrs.get(SPEC_ATTR)
         if old is not None and old != normalised:
             diffs = ", ".join(_spec_differences(old, normalised)[:5])
-            raise OdysseyError(
+            raise StorageError(
                 f"study {spec.name!r} already exists with a different spec (differs in: {diffs}); "
                 f"delete it with `odyssey study delete {spec.name} --yes` or rename the new spec"
             )
         if old is None and any(SLOT_ATTR not in t.user_attrs for t in existing.get_trials(deepcopy=False)):
-            raise OdysseyError(f"an Optuna study named {spec.name!r} exists and was not made by odyssey")
+            raise StorageError(f"an Optuna study named {spec.name!r} exists and was not made by odyssey")
         if old is not None:
             return CreateResult(spec.name, False, 0, len(rows),
                                 f"study {spec.name!r} already exists with this spec; nothing added")
@@ -433,7 +433,7 @@ def repair_study(url: str, name: str, storage: Any | None = None) -> RepairResul
             study = load_optuna_study(url, name, storage)
             spec = stored_spec(study)
             if spec is None:
-                raise OdysseyError(f"study {name!r} is not fully created (run `odyssey study create` again)")
+                raise StorageError(f"study {name!r} is not fully created (run `odyssey study create` again)")
             study_id = storage.get_study_id_from_name(name)
             by_slot = slot_trials(storage.get_all_trials(study_id, deepcopy=False))
             rows = _slot_rows(results.load_study(url, name, with_epochs=False).trials)

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from sweep.core.errors import OdysseyError
+from sweep.core.errors import ConfigError
 from sweep.core.variants import Variant, resolve
 from sweep.data.base import Batch, Dataset
 from sweep.nn import kernels
@@ -65,7 +65,7 @@ class TrainConfig:
         for item in fields(self):
             problem = setting_problem(item.name, getattr(self, item.name))
             if problem is not None:
-                raise OdysseyError(f"{item.name} {problem}")
+                raise ConfigError(f"{item.name} {problem}")
 
 
 def _one_of(choices: tuple[str, ...]) -> Callable[[Any], str | None]:
@@ -154,16 +154,16 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError):
-        raise OdysseyError(f"invalid device {name!r}; expected cpu, cuda or cuda:N") from None
+        raise ConfigError(f"invalid device {name!r}; expected cpu, cuda or cuda:N") from None
     if device.type == "cpu":
         return device
     if device.type != "cuda":
-        raise OdysseyError(f"unsupported device {name!r}; expected cpu, cuda or cuda:N")
+        raise ConfigError(f"unsupported device {name!r}; expected cpu, cuda or cuda:N")
     if not torch.cuda.is_available():
-        raise OdysseyError(f"device {name!r}: CUDA is not available on this machine")
+        raise ConfigError(f"device {name!r}: CUDA is not available on this machine")
     index = device.index if device.index is not None else 0
     if index >= torch.cuda.device_count():
-        raise OdysseyError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) present")
+        raise ConfigError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) present")
     return torch.device("cuda", index)
 
 

@@ -40,7 +40,7 @@ from storage import results
 from storage.engine import with_retry
 from storage.failpoints import failpoint
 from storage.urls import resolve_url
-from sweep.core.errors import OdysseyError
+from sweep.core.errors import ConfigError, OdysseyError, StorageError
 from sweep.objective import Objective, Outcome, TrialContext, TrialInterrupted, resolve_objective
 from sweep.spec import StudySpec
 from sweep.study import (
@@ -217,7 +217,7 @@ class Worker:
                 study = load_optuna_study(self.url, name, self.storage)
             spec = stored_spec(study)
             if spec is None:
-                raise OdysseyError(f"study {name!r} was not created by `odyssey study create` (no spec)")
+                raise StorageError(f"study {name!r} was not created by `odyssey study create` (no spec)")
             if spec.design == "tpe":
                 study.sampler = PerVariantTPESampler()
             study_id = with_retry(lambda: self.storage.get_study_id_from_name(name), self.url)
@@ -639,7 +639,7 @@ def resolve_devices(devices: str, objective: str | None = None) -> list[str]:
         return ["cpu"]
     out = [d.strip() for d in devices.split(",") if d.strip()]
     if not out:
-        raise OdysseyError("no device given (use auto, cpu, cuda:N or a comma-separated list)")
+        raise ConfigError("no device given (use auto, cpu, cuda:N or a comma-separated list)")
     if (objective or os.environ.get("ODYSSEY_OBJECTIVE") or "train") == "train":
         # Check now, against this host's GPUs, rather than fail every trial a worker takes.
         from sweep.training import resolve_device
@@ -649,7 +649,7 @@ def resolve_devices(devices: str, objective: str | None = None) -> list[str]:
     else:
         for device in out:
             if device != "cpu" and not device.startswith("cuda"):
-                raise OdysseyError(
+                raise ConfigError(
                     f"unknown device {device!r} (use auto, cpu, cuda:N or a comma-separated list)")
     return out
 
@@ -658,7 +658,7 @@ def run_workers(config: WorkerConfig, devices: list[str], jobs_per_device: int =
     """Run `jobs_per_device` workers per device: in this process for one slot, else one spawned process
     per slot (signals forwarded). Returns the exit status: 0 when every worker finished cleanly."""
     if jobs_per_device < 1:
-        raise OdysseyError("--jobs-per-device must be at least 1")
+        raise ConfigError("--jobs-per-device must be at least 1")
     slots = [d for d in devices for _ in range(jobs_per_device)]
     cpu_slots = sum(1 for d in slots if d == "cpu")
     threads = config.threads or max(1, (os.cpu_count() or 1) // max(1, cpu_slots))

@@ -175,3 +175,27 @@ def test_concurrent_first_opens_create_the_schema_once(tmp_path: Path) -> None:
     assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
     assert _version_row(url) == [schema_version.head_revision()]
     dispose_engine(url)
+
+
+def test_the_migrations_are_read_once_per_location(extra_revision: str,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every database open checks the revision: the migration scripts are read once per process, and a
+    second location (here the test copy with revision 9001) is read on its own."""
+    from alembic.script import ScriptDirectory
+
+    reads: list[str] = []
+    real = ScriptDirectory.from_config
+
+    def counted(cfg, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 - alembic's signature
+        reads.append(cfg.get_main_option("script_location"))
+        return real(cfg, *args, **kwargs)
+
+    monkeypatch.setattr(ScriptDirectory, "from_config", counted)
+    copy = schema_version._LOCATION
+    for _ in range(3):
+        assert schema_version.head_revision() == "9001"
+        assert schema_version._known(extra_revision) and not schema_version._known("9002")
+    monkeypatch.setattr(schema_version, "_LOCATION", Path(schema_version.__file__).with_name("migrations"))
+    for _ in range(3):
+        assert schema_version.head_revision() == extra_revision  # the real head, read before the copy
+    assert reads == [str(copy)]

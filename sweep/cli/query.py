@@ -10,7 +10,7 @@ import click
 import pandas as pd
 
 from sweep.cli.common import out_option, plural, print_table, storage_option
-from sweep.core.errors import OdysseyError
+from sweep.core.errors import ConfigError
 
 
 def _cell(value: object) -> str:
@@ -74,6 +74,6 @@ def export(study: str, url: str | None, fmt: str | None, out: Path | None) -> No
     if out is None:
         out = Path(f"{study}.{fmt or 'csv'}")
     elif fmt is None and out.suffix.lstrip(".") not in ("csv", "parquet"):
-        raise OdysseyError(f"cannot tell the format of {out}: pass --format csv or --format parquet")
+        raise ConfigError(f"cannot tell the format of {out}: pass --format csv or --format parquet")
     path = export_study(url, study, out, fmt)
     click.echo(f"wrote {path}", err=True)

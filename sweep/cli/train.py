@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from sweep.core.errors import OdysseyError
+from sweep.core.errors import ConfigError
 from sweep.core.variants import VARIANTS
 
 if TYPE_CHECKING:
@@ -74,9 +74,9 @@ def train(dataset_name: str, data_path: str | None, threads: int | None, **setti
     config.validate()
     resolve_device(config.device)  # fail before loading data
     if data_path is not None and dataset_name == "synthetic":
-        raise OdysseyError("synthetic: takes no --data")
+        raise ConfigError("synthetic: takes no --data")
     if data_path is None and dataset_name in _DATA_NEEDED:
-        raise OdysseyError(f"{dataset_name}: --data is required ({_DATA_NEEDED[dataset_name]})")
+        raise ConfigError(f"{dataset_name}: --data is required ({_DATA_NEEDED[dataset_name]})")
     dataset = load_dataset(dataset_name, path=data_path)
     prepare_kernels()
     console = Console()

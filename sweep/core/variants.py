@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from sweep.core.errors import OdysseyError
+from sweep.core.errors import ConfigError, OdysseyError
 
 FORGET_MODES = ("gate", "coupled", "none")  # own gate | f = 1 - i (CIFG) | f = 1 (NFG)
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_+-]{0,39}$"
@@ -41,13 +41,13 @@ class LSTMSpec:
     def check(self) -> LSTMSpec:
         """Return self; raise OdysseyError (one line) for a combination that has no meaning."""
         if self.forget_gate not in FORGET_MODES:
-            raise OdysseyError(
+            raise ConfigError(
                 f"forget_gate must be one of {', '.join(FORGET_MODES)}, got {self.forget_gate!r}"
             )
         if self.forget_gate == "coupled" and not self.input_gate:
-            raise OdysseyError("forget_gate = 'coupled' (f = 1 - i) needs the input gate")
+            raise ConfigError("forget_gate = 'coupled' (f = 1 - i) needs the input gate")
         if self.gate_recurrence and not (self.input_gate and self.forget_gate == "gate" and self.output_gate):
-            raise OdysseyError(
+            raise ConfigError(
                 "gate_recurrence feeds the previous step's input, forget and output gates back: it needs all "
                 "three (input_gate, forget_gate = 'gate', output_gate)"
             )
@@ -59,12 +59,12 @@ class LSTMSpec:
         known = {f.name: f for f in fields(cls)}
         for key, value in switches.items():
             if key not in known:
-                raise OdysseyError(f"unknown switch {key!r} (known: {', '.join(known)})")
+                raise ConfigError(f"unknown switch {key!r} (known: {', '.join(known)})")
             if key == "forget_gate":
                 if not isinstance(value, str):
-                    raise OdysseyError(f"forget_gate must be one of {', '.join(FORGET_MODES)}, got {value!r}")
+                    raise ConfigError(f"forget_gate must be one of {', '.join(FORGET_MODES)}, got {value!r}")
             elif not isinstance(value, bool):
-                raise OdysseyError(f"switch {key} must be true or false, got {value!r}")
+                raise ConfigError(f"switch {key} must be true or false, got {value!r}")
         return cls(**switches).check()
 
     def switches(self) -> dict[str, Any]:
@@ -160,15 +160,15 @@ VARIANTS: tuple[str, ...] = tuple(REGISTRY)
 def custom_variant(name: str, switches: Mapping[str, Any]) -> Variant:
     """A user-named LSTM variant from switches; OdysseyError (one line) for a bad name or combination."""
     if name in REGISTRY:
-        raise OdysseyError(f"custom variant {name!r} clashes with a built-in variant ({', '.join(VARIANTS)})")
+        raise ConfigError(f"custom variant {name!r} clashes with a built-in variant ({', '.join(VARIANTS)})")
     if not re.match(NAME_PATTERN, name):
-        raise OdysseyError(
+        raise ConfigError(
             f"custom variant name {name!r} must start with a letter and use letters, digits, _ + - (<= 40)"
         )
     try:
         spec = LSTMSpec.from_switches(switches)
     except OdysseyError as exc:
-        raise OdysseyError(f"custom variant {name!r}: {exc}") from None
+        raise ConfigError(f"custom variant {name!r}: {exc}") from None
     return Variant(name, "lstm", "custom LSTM variant", spec)
 
 
@@ -179,7 +179,7 @@ def resolve(variant: str | Variant, switches: Mapping[str, Any] | None = None) -
     if switches is not None:
         return custom_variant(variant, switches)
     if variant not in REGISTRY:
-        raise OdysseyError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
+        raise ConfigError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
     return REGISTRY[variant]
 
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sweep.core.errors import OdysseyError
+from sweep.core.errors import ConfigError
 
 LN2 = math.log(2.0)
 
@@ -28,13 +28,13 @@ LN2 = math.log(2.0)
 def read_data_file(file: Path, name: str) -> bytes:
     """The bytes of a user's data file; an OdysseyError naming the dataset and the file if unreadable."""
     if not file.exists():
-        raise OdysseyError(f"{name}: {file} not found")
+        raise ConfigError(f"{name}: {file} not found")
     if not file.is_file():
-        raise OdysseyError(f"{name}: {file} is not a file")
+        raise ConfigError(f"{name}: {file} is not a file")
     try:
         return file.read_bytes()
     except OSError as exc:
-        raise OdysseyError(f"{name}: {file}: cannot read ({exc.strerror or exc})") from None
+        raise ConfigError(f"{name}: {file}: cannot read ({exc.strerror or exc})") from None
 
 @dataclass(frozen=True)
 class Batch:
@@ -99,7 +99,7 @@ class SequenceSplit(Split):
 
     def __init__(self, sequences: list[tuple[Tensor, Tensor]]):
         if not sequences:
-            raise ValueError("a split needs at least one sequence")
+            raise ConfigError("a split needs at least one sequence")
         self.sequences = sequences
 
     def __len__(self) -> int:
@@ -127,7 +127,7 @@ class StreamSplit(Split):
 
     def __init__(self, tokens: Tensor):
         if tokens.dim() != 1 or len(tokens) < 2:
-            raise ValueError("a stream split needs at least two tokens")
+            raise ConfigError("a stream split needs at least two tokens")
         self.tokens = tokens.to(torch.int64)
 
     def __len__(self) -> int:
@@ -178,7 +178,7 @@ class Dataset(ABC):
     def split(self, name: str) -> Split:
         """The split called `name` (train, valid or test)."""
         if name not in ("train", "valid", "test"):
-            raise OdysseyError(f"{self.name}: unknown split {name!r} (train, valid, test)")
+            raise ConfigError(f"{self.name}: unknown split {name!r} (train, valid, test)")
         return getattr(self, name)
 
     def batches(
@@ -268,12 +268,12 @@ def load_dataset(name: str, **options: Any) -> Dataset:
     options = {key: value for key, value in options.items() if value is not None}
     target = LOADERS.get(name)
     if target is None:
-        raise OdysseyError(f"unknown dataset {name!r}; known datasets: {', '.join(LOADERS)}")
+        raise ConfigError(f"unknown dataset {name!r}; known datasets: {', '.join(LOADERS)}")
     module_name, attr = target.split(":")
     loader: Callable[..., Dataset] = getattr(importlib.import_module(module_name), attr)
     accepted = set(inspect.signature(loader).parameters)
     unknown = sorted(set(options) - accepted)
     if unknown:
         known = ", ".join(sorted(accepted)) or "none"
-        raise OdysseyError(f"{name}: unknown option(s) {', '.join(unknown)}; accepted: {known}")
+        raise ConfigError(f"{name}: unknown option(s) {', '.join(unknown)}; accepted: {known}")
     return loader(**options)

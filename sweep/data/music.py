@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from sweep.core.errors import OdysseyError
+from sweep.core.errors import ConfigError
 from sweep.data.base import BernoulliDataset, SequenceSplit, read_data_file
 
 LOWEST_PITCH, HIGHEST_PITCH = 21, 108  # the piano's range, A0..C8
@@ -73,17 +73,17 @@ def _parse(raw: bytes, label: str) -> dict[str, list[list[list[int]]]]:
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as exc:
-            raise OdysseyError(f"jsb: {label}: not a valid gzip file ({exc})") from None
+            raise ConfigError(f"jsb: {label}: not a valid gzip file ({exc})") from None
     try:
         data: Any = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
-        raise OdysseyError(f"jsb: {label}: not UTF-8 text (byte {exc.start})") from None
+        raise ConfigError(f"jsb: {label}: not UTF-8 text (byte {exc.start})") from None
     except json.JSONDecodeError as exc:
-        raise OdysseyError(f"jsb: {label}: not valid JSON at line {exc.lineno} ({exc.msg})") from None
+        raise ConfigError(f"jsb: {label}: not valid JSON at line {exc.lineno} ({exc.msg})") from None
     if isinstance(data, dict) and isinstance(data.get("splits"), dict):
         data = data["splits"]
     if not isinstance(data, dict) or not all(split in data for split in SPLITS):
-        raise OdysseyError(f"jsb: {label}: expected an object with splits 'train', 'valid' and 'test'")
+        raise ConfigError(f"jsb: {label}: expected an object with splits 'train', 'valid' and 'test'")
     for split in SPLITS:
         _check_split(data[split], f"jsb: {label}: {split}")
     return {split: data[split] for split in SPLITS}
@@ -91,17 +91,17 @@ def _parse(raw: bytes, label: str) -> dict[str, list[list[list[int]]]]:
 
 def _check_split(chorales: Any, where: str) -> None:
     if not isinstance(chorales, list) or not chorales:
-        raise OdysseyError(f"{where}: expected a non-empty list of chorales")
+        raise ConfigError(f"{where}: expected a non-empty list of chorales")
     for c, chorale in enumerate(chorales):
         if not isinstance(chorale, list) or len(chorale) < 2:
-            raise OdysseyError(f"{where} chorale {c}: expected a list of at least 2 frames")
+            raise ConfigError(f"{where} chorale {c}: expected a list of at least 2 frames")
         for t, frame in enumerate(chorale):
             if not isinstance(frame, list):
-                raise OdysseyError(f"{where} chorale {c} frame {t}: expected a list of MIDI pitches")
+                raise ConfigError(f"{where} chorale {c} frame {t}: expected a list of MIDI pitches")
             for pitch in frame:
                 # bool is an int subclass; true/false in a frame is a malformed file, not pitch 1/0
                 if type(pitch) is not int or not LOWEST_PITCH <= pitch <= HIGHEST_PITCH:
-                    raise OdysseyError(
+                    raise ConfigError(
                         f"{where} chorale {c} frame {t}: pitch {pitch!r} is not an integer in "
                         f"{LOWEST_PITCH}..{HIGHEST_PITCH}"
                     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from sweep.core.errors import OdysseyError
+from sweep.core.errors import ConfigError
 from sweep.data.base import Dataset, SequenceSplit
 
 
@@ -48,11 +48,11 @@ def load_synthetic(
     sizes |= {"max_length": max_length, "seed": seed}
     for key, value in sizes.items():
         if type(value) is not int:
-            raise OdysseyError(f"synthetic: {key} must be an integer, got {value!r}")
+            raise ConfigError(f"synthetic: {key} must be an integer, got {value!r}")
     if min(n_train, n_valid, n_test) < 1:
-        raise OdysseyError("synthetic: every split needs at least one sequence")
+        raise ConfigError("synthetic: every split needs at least one sequence")
     if not 1 <= min_length <= max_length:
-        raise OdysseyError(f"synthetic: need 1 <= min_length <= max_length, got {min_length}, {max_length}")
+        raise ConfigError(f"synthetic: need 1 <= min_length <= max_length, got {min_length}, {max_length}")
     generator = torch.Generator().manual_seed(seed)
     splits = [_sequences(n, min_length, max_length, generator) for n in (n_train, n_valid, n_test)]
     return SumDataset(*splits)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sweep.core.errors import OdysseyError
+from sweep.core.errors import ConfigError
 from sweep.data.base import LN2, StreamSplit, TokenDataset, read_data_file
 
 EOS, UNK = "<eos>", "<unk>"
@@ -37,7 +37,7 @@ def _read_text(file: Path, name: str) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise OdysseyError(f"{name}: {file}: not UTF-8 text (byte {exc.start})") from None
+        raise ConfigError(f"{name}: {file}: not UTF-8 text (byte {exc.start})") from None
 
 
 def _words(text: str) -> list[str]:
@@ -51,16 +51,16 @@ def load_ptb(path: str | Path | None = None) -> WordDataset:
     (plus <unk>); other words in valid/test become <unk>.
     """
     if path is None:
-        raise OdysseyError("ptb: option path (a directory holding ptb.train/valid/test.txt) is required")
+        raise ConfigError("ptb: option path (a directory holding ptb.train/valid/test.txt) is required")
     directory = Path(path)
     if not directory.is_dir():
-        raise OdysseyError(
+        raise ConfigError(
             f"ptb: {directory} is not a directory" if directory.exists() else f"ptb: {directory} not found"
         )
     words = {split: _words(_read_text(directory / file, "ptb")) for split, file in PTB_FILES.items()}
     for split, tokens in words.items():
         if len(tokens) < 2:
-            raise OdysseyError(f"ptb: {directory / PTB_FILES[split]}: holds no text")
+            raise ConfigError(f"ptb: {directory / PTB_FILES[split]}: holds no text")
     counts = Counter(words["train"])
     counts.setdefault(UNK, 0)
     # Most frequent first, ties alphabetical: the same files always give the same ids.
@@ -87,24 +87,24 @@ def load_char(
     The vocabulary is every character of the file (after `max_chars`, which keeps only the beginning).
     """
     if path is None:
-        raise OdysseyError("char: option path (a UTF-8 text file) is required")
+        raise ConfigError("char: option path (a UTF-8 text file) is required")
     file = Path(path)
     text = _read_text(file, "char")
     if max_chars is not None:
         if type(max_chars) is not int or max_chars < 6:
-            raise OdysseyError(f"char: max_chars must be at least 6, got {max_chars}")
+            raise ConfigError(f"char: max_chars must be at least 6, got {max_chars}")
         text = text[:max_chars]
     try:
         fractions = tuple(float(f) for f in split)
     except (TypeError, ValueError):
         fractions = ()
     if len(fractions) != 3 or min(fractions) <= 0 or abs(sum(fractions) - 1.0) > 1e-6:
-        raise OdysseyError(f"char: split must be three positive fractions summing to 1, got {split}")
+        raise ConfigError(f"char: split must be three positive fractions summing to 1, got {split}")
     n = len(text)
     cut1 = round(n * fractions[0])
     cut2 = cut1 + round(n * fractions[1])
     if min(cut1, cut2 - cut1, n - cut2) < 2:
-        raise OdysseyError(f"char: {file}: too short ({n} characters) to split {split}")
+        raise ConfigError(f"char: {file}: too short ({n} characters) to split {split}")
     # Map characters to ids in bulk: UTF-32 code points, then the sorted unique ones as the vocabulary.
     codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
     points, ids = np.unique(codes, return_inverse=True)

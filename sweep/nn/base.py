@@ -30,7 +30,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from sweep.core.errors import OdysseyError
+from sweep.core.errors import ConfigError
 from sweep.core.variants import Variant
 from sweep.nn import kernels
 from sweep.nn.common import init_matrix, init_vector, last_valid, zero_padding
@@ -63,7 +63,7 @@ def requested_backend() -> str:
     """The backend named by $ODYSSEY_CELLS_BACKEND (`auto` when unset); OdysseyError for an unknown one."""
     value = os.environ.get(ENV_VAR, "").strip().lower() or "auto"
     if value not in BACKENDS:
-        raise OdysseyError(f"{ENV_VAR}={value!r} is not a backend; expected one of {', '.join(BACKENDS)}")
+        raise ConfigError(f"{ENV_VAR}={value!r} is not a backend; expected one of {', '.join(BACKENDS)}")
     return value
 
 

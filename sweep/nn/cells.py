@@ -20,7 +20,7 @@ from typing import cast
 import torch
 from torch import Tensor, nn
 
-from sweep.core.errors import OdysseyError
+from sweep.core.errors import ConfigError
 from sweep.core.variants import GREFF_VARIANTS, VARIANTS, Variant, resolve
 from sweep.nn.base import KERNEL_NAMES, RecurrentLayer, State
 from sweep.nn.common import check_init, zero_padding
@@ -54,9 +54,9 @@ class Recurrent(nn.Module):
             ("num_layers", num_layers),
         ):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise OdysseyError(f"{name} must be a positive integer, got {value!r}")
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         if not (isinstance(forget_bias, (int, float)) and math.isfinite(forget_bias)):
-            raise OdysseyError(f"forget_bias must be a finite number, got {forget_bias!r}")
+            raise ConfigError(f"forget_bias must be a finite number, got {forget_bias!r}")
         check_init(init, init_scale)
         self.definition = definition  # the registry's entry: family, title, switches
         self.variant, self.input_size, self.hidden_size, self.num_layers = (
@@ -95,7 +95,7 @@ class Recurrent(nn.Module):
             implemented = ", ".join(self.stack[0].implemented)
             if kernel not in self.stack[0].implemented:
                 known = ", ".join(KERNEL_NAMES)
-                raise OdysseyError(
+                raise ConfigError(
                     f"{self.variant} has no kernel {kernel!r}; it has {implemented} (of {known})"
                 )
         for layer in self.stack:
@@ -124,12 +124,12 @@ class Recurrent(nn.Module):
         gradient), None starts from zeros.
         """
         if x.dim() != 3 or x.size(2) != self.input_size:
-            raise OdysseyError(
+            raise ValueError(
                 f"expected input of shape (batch, time, {self.input_size}), got {tuple(x.shape)}"
             )
         batch, steps = x.size(0), x.size(1)
         if steps == 0:
-            raise OdysseyError("cannot run a recurrent layer over zero time steps")
+            raise ValueError("cannot run a recurrent layer over zero time steps")
         lengths, mask, empty = _check_lengths(lengths, batch, steps, x.device)
         state = self.initial_state(batch, x) if state is None else self._check_state(state, batch)
         out = zero_padding(x, mask)  # garbage in the padding must not reach anything
@@ -148,7 +148,7 @@ class Recurrent(nn.Module):
             tuple(s.shape) != sh for s, sh in zip(state, shapes, strict=False)
         ):
             got = [tuple(s.shape) for s in state]
-            raise OdysseyError(f"{self.variant} state must have shapes {shapes}, got {got}")
+            raise ValueError(f"{self.variant} state must have shapes {shapes}, got {got}")
         return state
 
 
@@ -165,13 +165,13 @@ def _check_lengths(
     if not isinstance(lengths, Tensor):
         lengths = torch.as_tensor(lengths)
     if lengths.dim() != 1 or lengths.size(0) != batch or lengths.is_floating_point():
-        raise OdysseyError(
+        raise ValueError(
             f"lengths must be {batch} integers, got shape {tuple(lengths.shape)} {lengths.dtype}"
         )
     lengths = lengths.to(device=device, dtype=torch.long)
     low, high = int(lengths.min()), int(lengths.max())
     if low < 0 or high > steps:
-        raise OdysseyError(f"sequence lengths must lie in [0, {steps}], got {low}..{high}")
+        raise ValueError(f"sequence lengths must lie in [0, {steps}], got {low}..{high}")
     if low == steps:
         return None, None, None
     mask = torch.arange(steps, device=device).unsqueeze(0) < lengths.unsqueeze(1)

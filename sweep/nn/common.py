@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sweep.core.errors import OdysseyError
+from sweep.core.errors import ConfigError
 
 INIT_SCHEMES = ("normal", "uniform", "xavier")
 
@@ -18,9 +18,9 @@ INIT_SCHEMES = ("normal", "uniform", "xavier")
 def check_init(init: str, init_scale: float) -> None:
     """Raise OdysseyError for an unknown init scheme or a non-positive normal scale."""
     if init not in INIT_SCHEMES:
-        raise OdysseyError(f"unknown init scheme {init!r}; expected one of {', '.join(INIT_SCHEMES)}")
+        raise ConfigError(f"unknown init scheme {init!r}; expected one of {', '.join(INIT_SCHEMES)}")
     if not (init_scale > 0 and math.isfinite(init_scale)):
-        raise OdysseyError(f"init_scale must be a positive number, got {init_scale!r}")
+        raise ConfigError(f"init_scale must be a positive number, got {init_scale!r}")
 
 
 @torch.no_grad()
