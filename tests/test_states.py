@@ -20,7 +20,6 @@ from analysis.synthetic import synthetic_study
 from storage import results
 from storage.engine import get_engine
 from sweep.cli.main import main
-from sweep.core.errors import OdysseyError
 from sweep.core.states import ENDED_STATES, PENDING_STATES, SCORED_STATES, ResultState
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,7 +74,7 @@ def test_the_results_schema_allows_exactly_the_result_states(backend: str, reque
             conn.execute(sa.update(results.trials).where(results.trials.c.slot == 0).values(state=state))
     with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
         conn.execute(sa.update(results.trials).where(results.trials.c.slot == 0).values(state="pruned"))
-    with pytest.raises(OdysseyError, match="must be one of complete, failed, diverged, got 'running'"):
+    with pytest.raises(ValueError, match="must be one of complete, failed, diverged, got 'running'"):
         results.record_trial_finished(url, "states", 1, "running", {})
 
 
