@@ -332,11 +332,16 @@ def _failure(log_path: Path) -> str:
         return "no build log"
     lines = [line.strip() for line in text.split("Traceback (most recent call last)")[0].splitlines()]
     lines = [line for line in lines if line and not line.startswith(("[", "FAILED:", "ninja:"))]
-    picked = [line for line in lines if "error" in line.lower()][:2] or lines[-1:] or ["no output"]
+    # The compiler's own diagnostics ("x.cpp:12:3: error: ...", "g++: error: ...") before any line that merely
+    # mentions an error (a command line with -Werror); each kept to its tail, where the message is, so that
+    # a long checkout path in front cannot push the message out of the line.
+    picked = ([line for line in lines if "error:" in line.lower()][:2]
+              or [line for line in lines if "error" in line.lower()][:2] or lines[-1:] or ["no output"])
+    picked = [line if len(line) <= 200 else "..." + line[-200:] for line in picked]
     kept = log_path.parents[1] / f"{log_path.parent.name.split('.')[1]}.failed.log"
     with contextlib.suppress(OSError):
         shutil.copyfile(log_path, kept)
-    return f"{' '.join(' '.join(picked).split())[:300]} (log: {kept})"
+    return f"{' '.join(' '.join(picked).split())} (log: {kept})"
 
 
 class BuildInterrupted(SystemExit):
