@@ -197,10 +197,15 @@ def train_objective(ctx: TrialContext) -> Outcome:
     return Outcome("diverged" if run.status == "diverged" else "complete", value, result)
 
 
+def objective_name(name: str | None = None) -> str:
+    """The objective a worker runs: `name`, else $ODYSSEY_OBJECTIVE, else `train`."""
+    return name or os.environ.get(ENV_VAR) or "train"
+
+
 def resolve_objective(name: str | None = None) -> Objective:
     """The objective named `name` (else $ODYSSEY_OBJECTIVE, else `train`): `train`, `noop`,
     `sleep:SECONDS` or `module:function`."""
-    name = name or os.environ.get(ENV_VAR) or "train"
+    name = objective_name(name)
     if name == "train":
         return train_objective
     if name == "noop":

@@ -22,7 +22,8 @@ from storage import results
 from storage.schema import FINISHED_STATES
 from sweep.core.errors import OdysseyError
 from sweep.spec import StudySpec
-from sweep.worker import WorkerConfig, _die_with_parent
+from sweep.worker import WorkerConfig
+from sweep.worker.supervision import die_with_parent
 
 log = logging.getLogger(f"odyssey.{__name__}")
 
@@ -77,7 +78,7 @@ def _supervise(config: WorkerConfig, devices: list[str], jobs: int, log_level: i
     # exactly one SIGTERM (a worker treats a second signal as "stop now"), and each running trial is
     # re-queued once. They still stop with the parent, even if it is killed.
     os.setsid()
-    _die_with_parent()
+    die_with_parent()
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(message)s")
     from sweep.worker import run_workers
 

@@ -21,7 +21,8 @@ from optuna.trial import TrialState
 from storage import results
 from sweep.spec import parse_spec
 from sweep.study import SLOT_ATTR, create_study, load_optuna_study
-from sweep.worker import DIVERGED_ATTR, Worker, WorkerConfig
+from sweep.worker import Worker, WorkerConfig
+from sweep.worker.loop import DIVERGED_ATTR
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_PASSWORD_MARK = "Tst-pw-9f3Kq"  # tests/conftest.py's PostgreSQL password
@@ -322,7 +323,7 @@ def test_worker_bad_inputs(pg_server, sqlite_url: str) -> None:  # noqa: ANN001
 
 
 def test_tpe_learns_from_each_variants_own_trials() -> None:
-    from sweep.worker import PerVariantTPESampler
+    from sweep.worker.sampling import PerVariantTPESampler
 
     dists = {"variant": optuna.distributions.CategoricalDistribution(["V", "GRU"]),
              "x": optuna.distributions.FloatDistribution(0.0, 1.0)}
