@@ -40,6 +40,7 @@ from storage.failpoints import failpoint
 from storage.urls import resolve_url
 from sweep.core.errors import OdysseyError
 from sweep.objective import Objective, Outcome, TrialContext, TrialInterrupted, resolve_objective
+from sweep.recorder import TrialRecorder
 from sweep.spec import StudySpec
 from sweep.study import (
     FINAL_ATTR,
@@ -347,20 +348,15 @@ class Worker:
         seed = int(frozen.user_attrs.get(SEED_ATTR, spec.seed))
         with Heartbeat(self.storage, frozen._trial_id, self.config.heartbeat_interval):
             params = trial_params(self.url, study, spec, frozen)
-            if spec.design == "tpe":
-                # The slot's row was designed without the sampled values: add them (existing ones stay).
-                results.record_designed_trials(self.url, name, [
-                    {"slot": slot, "variant": variant, "seed": seed, "params": params}])
-            results.record_trial_started(
-                self.url, name, slot, frozen.number, self.config.host, self.config.device,
-                variant=variant, params=params, seed=seed, dataset=spec.dataset.name,
-            )
+            recorder = TrialRecorder(self.url, self.storage, name, slot, frozen.number, frozen._trial_id)
+            recorder.started(self.config.host, self.config.device, variant=variant, params=params, seed=seed,
+                             dataset=spec.dataset.name, sampled=spec.design == "tpe")
             failpoint("start.after")
             shown = " ".join(f"{k}={_fmt(v)}" for k, v in sorted(params.items()))
             log.info("%sstart  trial %d slot %d %s %s on %s", self._prefix, frozen.number, slot, variant,
                      shown, self.config.device)
             ctx = TrialContext(self.url, name, spec, slot, frozen.number, variant, params, seed,
-                               self.config.device, self.stop)
+                               self.config.device, self.stop, recorder)
             started = time.monotonic()
             try:
                 outcome = self.objective(ctx)
@@ -372,9 +368,9 @@ class Worker:
                 self._discard(frozen, slot)
                 return
             except Exception as exc:
-                self._fail(study, frozen, slot, exc)
+                self._fail(recorder, frozen, exc)
                 return
-            self._finish(study, frozen, slot, outcome, time.monotonic() - started)
+            self._finish(recorder, frozen, outcome, time.monotonic() - started)
 
     def _tell(self, frozen: FrozenTrial, state: TrialState, value: float | None = None) -> None:
         # Straight to the storage: Study.tell would re-read the trial three times for checks and
@@ -389,14 +385,13 @@ class Worker:
             log.warning("%strial %d was already finished in Optuna (%s)", self._prefix, frozen.number,
                         str(exc).splitlines()[0][:120])
 
-    def _finish(self, study: optuna.Study, frozen: FrozenTrial, slot: int, outcome: Outcome,
-                seconds: float) -> None:
+    def _finish(self, recorder: TrialRecorder, frozen: FrozenTrial, outcome: Outcome, seconds: float) -> None:
+        slot = recorder.slot
         result = dict(outcome.result)
         result["diverged"] = outcome.state == "diverged"
         # Results first: a crash before the Optuna tell leaves a stale trial that is simply re-run. The
         # write is refused when this attempt no longer holds the trial (judged lost and re-queued).
-        if not results.record_trial_finished(self.url, study.study_name, slot, outcome.state, result,
-                                             trial_number=frozen.number):
+        if not recorder.finished(outcome.state, result):
             self._discard(frozen, slot)
             return
         failpoint("finish.before-tell")
@@ -412,18 +407,18 @@ class Worker:
         failpoint("finish.after-tell")
         self._failures = 0
         self.trials_run += 1
-        spec = self._targets[study.study_name].spec
+        spec = self._targets[recorder.study].spec
         log.info("%sfinish trial %d slot %d %s %s %s=%s in %.1fs", self._prefix, frozen.number, slot,
                  frozen.user_attrs.get(VARIANT_ATTR), outcome.state, spec.metric,
                  _fmt(value) if value is not None else "none", seconds)
 
-    def _fail(self, study: optuna.Study, frozen: FrozenTrial, slot: int, exc: Exception) -> None:
+    def _fail(self, recorder: TrialRecorder, frozen: FrozenTrial, exc: Exception) -> None:
+        slot = recorder.slot
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if not isinstance(exc, OdysseyError):
             message = f"{type(exc).__name__}: {message}"
             log.exception("%strial %d slot %d raised", self._prefix, frozen.number, slot)
-        if not results.record_trial_finished(self.url, study.study_name, slot, "failed", {"error": message},
-                                             trial_number=frozen.number):
+        if not recorder.finished("failed", {"error": message}):
             self._discard(frozen, slot)  # not this attempt's to record: the copy runs the slot again
             return
         self._mark_final(frozen, message)
