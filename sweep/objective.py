@@ -1,9 +1,10 @@
 """Trial objectives: what a worker runs for one trial.
 
 The real objective (`train`) maps the trial to a `TrainConfig`, trains on the spec's dataset, records
-each epoch through `storage.results` (and its validation metric as the Optuna trial's intermediate value,
-so optuna-dashboard draws learning curves) and returns the result. Tests and benchmarks swap in `noop` or
-`sleep:SECONDS` through `$ODYSSEY_OBJECTIVE` (or `module:function` for their own).
+each epoch through the context (`TrialContext.record_epoch`: a row of the epochs table, and the study's
+metric as the Optuna trial's intermediate value, so optuna-dashboard draws learning curves) and returns
+the result. Tests and benchmarks swap in `noop` or `sleep:SECONDS` through `$ODYSSEY_OBJECTIVE`, or their
+own `module:function`: any function that takes a `TrialContext` and returns an `Outcome`.
 
 Divergence rule: a run whose loss stops being finite is stopped by training and reported with status
 `diverged`. Its objective value is the best *finite* validation metric it reached before diverging (the
@@ -20,10 +21,13 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sweep.core.errors import ConfigError
 from sweep.spec import StudySpec
+
+if TYPE_CHECKING:  # the recorder pulls in the storage layer: only a worker's contexts carry one
+    from sweep.recorder import TrialRecorder
 
 ENV_VAR = "ODYSSEY_OBJECTIVE"
 
@@ -34,7 +38,11 @@ class TrialInterrupted(Exception):
 
 @dataclass
 class TrialContext:
-    """Everything an objective needs about one trial."""
+    """Everything an objective needs about one trial, and where it records the trial's epochs.
+
+    A worker's context carries the attempt's `recorder`; a context made by hand (to derive a trial's
+    TrainConfig, say) has none and cannot record epochs.
+    """
 
     url: str
     study: str
@@ -46,11 +54,27 @@ class TrialContext:
     seed: int
     device: str
     stop: threading.Event = field(default_factory=threading.Event)
+    recorder: TrialRecorder | None = None
 
     def check_stop(self) -> None:
         """Raise TrialInterrupted if the worker was asked to stop."""
         if self.stop.is_set():
             raise TrialInterrupted()
+
+    def record_epoch(self, epoch: int, *, train_loss: float | None = None, valid_metric: float | None = None,
+                     test_metric: float | None = None, seconds: float | None = None,
+                     value: float | None = None) -> bool:
+        """Record epoch `epoch` (1, 2, ...) of this trial: its row in the epochs table (training loss,
+        validation and test metric, seconds; non-finite numbers stored as NULL) and Optuna's intermediate
+        value at step `epoch` (`value`, the study's metric, else `valid_metric`), as training does.
+
+        Returns False when the write was refused because this attempt no longer owns its slot (it was
+        judged lost and re-queued: its result will be discarded). Raises RuntimeError on a context that
+        has no recorder (one not made by a worker), OdysseyError when the database stays unreachable."""
+        if self.recorder is None:
+            raise RuntimeError("this TrialContext has no recorder (only a worker's trials record epochs)")
+        return self.recorder.epoch(epoch, train_loss=train_loss, valid_metric=valid_metric,
+                                   test_metric=test_metric, seconds=seconds, value=value)
 
 
 @dataclass
@@ -122,32 +146,6 @@ def train_config(ctx: TrialContext) -> Any:
     return TrainConfig(variant=ctx.variant, switches=switches, seed=ctx.seed, device=ctx.device, **settings)
 
 
-# One Optuna storage per worker process and database, for the intermediate values.
-_optuna_storages: dict[str, Any] = {}
-
-
-def intermediate_reporter(ctx: TrialContext) -> Callable[[int, float], None]:
-    """A function that stores an epoch's validation metric as the Optuna trial's intermediate value at
-    step = epoch (Optuna's public storage API), as `Trial.report` would; optuna-dashboard draws these as
-    the trial's learning curve. Raises OdysseyError when the database cannot be reached."""
-    from storage.engine import with_retry
-    from sweep.study import open_storage
-
-    storage = _optuna_storages.get(ctx.url)
-    if storage is None:
-        storage = _optuna_storages.setdefault(ctx.url, open_storage(ctx.url))
-    study_id = with_retry(lambda: storage.get_study_id_from_name(ctx.study), ctx.url)
-    trial_id = with_retry(
-        lambda: storage.get_trial_id_from_study_id_trial_number(study_id, ctx.trial_number), ctx.url
-    )
-
-    def report(epoch: int, value: float) -> None:
-        with_retry(lambda: storage.set_trial_intermediate_value(trial_id, int(epoch), float(value)), ctx.url,
-                   what="report an intermediate value")  # fmt: skip
-
-    return report
-
-
 def name_metric(study: Any, metric: str) -> None:
     """Name the study's objective value after the spec's metric (optuna-dashboard shows it instead of
     "Objective 0"); Optuna marks `set_metric_names` experimental, which is no news to a user."""
@@ -162,20 +160,17 @@ def name_metric(study: Any, metric: str) -> None:
 
 def train_objective(ctx: TrialContext) -> Outcome:
     """Train the trial's network, recording every epoch; returns the best validation metric."""
-    from storage import results
     from sweep.training import train
 
     dataset = _dataset(ctx.spec)
     metric = ctx.spec.metric
-    report_to_optuna = intermediate_reporter(ctx)
 
     def on_epoch(report: Any) -> None:
-        results.record_epoch(ctx.url, ctx.study, ctx.slot, report.epoch, report.train_loss,
-                             report.valid_metric, report.test_metric, report.seconds,
-                             trial_number=ctx.trial_number)
         # The study's own metric (a secondary metric of the dataset when the spec names one).
         value = report.valid_metric if metric == dataset.metric else report.metrics.get(f"valid_{metric}")
-        report_to_optuna(report.epoch, math.nan if value is None else value)
+        ctx.record_epoch(report.epoch, train_loss=report.train_loss, valid_metric=report.valid_metric,
+                         test_metric=report.test_metric, seconds=report.seconds,
+                         value=math.nan if value is None else value)
         ctx.check_stop()
 
     def on_progress(_done: int, _total: int) -> None:
@@ -197,10 +192,15 @@ def train_objective(ctx: TrialContext) -> Outcome:
     return Outcome("diverged" if run.status == "diverged" else "complete", value, result)
 
 
+def objective_name(name: str | None = None) -> str:
+    """The objective a worker runs: `name`, else $ODYSSEY_OBJECTIVE, else `train`."""
+    return name or os.environ.get(ENV_VAR) or "train"
+
+
 def resolve_objective(name: str | None = None) -> Objective:
     """The objective named `name` (else $ODYSSEY_OBJECTIVE, else `train`): `train`, `noop`,
     `sleep:SECONDS` or `module:function`."""
-    name = name or os.environ.get(ENV_VAR) or "train"
+    name = objective_name(name)
     if name == "train":
         return train_objective
     if name == "noop":

@@ -1,11 +1,13 @@
-"""`odyssey run`: create (or resume) a study, run local workers with live progress, write the report.
+"""The local run: create (or resume) a study, run local workers with live progress, return the outcome.
+
+`run_local` is the whole use case, callable from Python; `odyssey run` (sweep/cli/run.py) only parses its
+options, draws the progress and writes the report.
 
 The workers run in a child process (`run_workers`, which itself spawns one process per slot) so that this
 process stays free to poll the results database and draw the progress display. The workers run in a
 session of their own, so Ctrl-C reaches only this process, which sends them one SIGTERM: they re-queue
-their running trials and exit 0, and a second `odyssey run` resumes where this one stopped.
+their running trials and exit 0, and a second run resumes where this one stopped.
 """
-
 from __future__ import annotations
 
 import logging
@@ -13,16 +15,21 @@ import multiprocessing as mp
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 
 from storage import results
+from storage.urls import mask_url, resolve_url
+from sweep.cli.common import plural
 from sweep.core.errors import ConfigError, OdysseyError
 from sweep.core.states import ENDED_STATES, ResultState
-from sweep.spec import StudySpec
-from sweep.worker import WorkerConfig, _die_with_parent
+from sweep.spec import StudySpec, load_spec
+from sweep.study import create_study
+from sweep.worker import WorkerConfig, resolve_devices
+from sweep.worker.supervision import die_with_parent
 
 log = logging.getLogger(f"odyssey.{__name__}")
 
@@ -78,7 +85,7 @@ def _supervise(config: WorkerConfig, devices: list[str], jobs: int, log_level: i
     # exactly one SIGTERM (a worker treats a second signal as "stop now"), and each running trial is
     # re-queued once. They still stop with the parent, even if it is killed.
     os.setsid()
-    _die_with_parent()
+    die_with_parent()
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(message)s")
     from sweep.worker import run_workers
 
@@ -97,7 +104,7 @@ def _start_supervisor(config: WorkerConfig, devices: list[str], jobs: int) -> mp
     return proc
 
 
-def run_study(
+def _run_study(
     spec: StudySpec,
     url: str,
     workers: int,
@@ -107,14 +114,13 @@ def run_study(
     heartbeat_interval: int = 10,
     grace_period: int = 60,
     objective: str | None = None,
-) -> bool:
-    """Run `workers` local workers on the study until it is done or Ctrl-C; returns True when done.
+) -> Progress:
+    """Run `workers` (at least 1) local workers on the existing study of `spec` until it is done or
+    Ctrl-C; returns the last look at the study (done when its `finished` reaches its `total`).
 
     On Ctrl-C (KeyboardInterrupt) or any other error the workers are stopped cleanly (their trials
     re-queued) before the exception propagates.
     """
-    if workers < 1:
-        raise ConfigError("--workers must be at least 1")
     # Exactly `workers` slots, spread over the devices in turn; run_workers sets the CPU threads.
     slots = [devices[i % len(devices)] for i in range(workers)]
     config = WorkerConfig(url=url, study=spec.name, heartbeat_interval=heartbeat_interval,
@@ -139,5 +145,73 @@ def run_study(
         raise OdysseyError(f"a worker failed (exit status {proc.exitcode}); see the log lines above")
     final = read_progress(url, spec, started, before)
     on_progress(final)
-    return final.finished >= final.total
+    return final
 
+
+@dataclass
+class RunOutcome:
+    """What `run_local` did, and the study as it left it."""
+
+    study: str
+    url: str  # the storage URL used (resolved: never None; mask it with storage.urls.mask_url to show it)
+    created: bool  # this run created the study (or completed its interrupted creation); False: resumed
+    ran: bool  # False when the study was already complete: no worker was started
+    workers: int  # worker processes started (0 when none ran)
+    devices: list[str]
+    progress: Progress  # the last look at the study
+
+    @property
+    def complete(self) -> bool:
+        """Every designed trial finished (complete, failed or diverged)."""
+        return self.progress.finished >= self.progress.total
+
+
+def run_local(
+    spec: StudySpec | str | Path,
+    url: str | None = None,
+    *,
+    workers: int | None = None,
+    devices: str | Sequence[str] = "auto",
+    objective: str | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+    on_message: Callable[[str], None] | None = None,
+    poll: float = 1.0,
+    heartbeat_interval: int = 10,
+    grace_period: int = 60,
+) -> RunOutcome:
+    """Run a study on this machine until every trial is finished: what `odyssey run` does, less the report.
+
+    `spec` is a StudySpec or the path of its TOML file; `url` the storage (default $ODYSSEY_STORAGE, else
+    sqlite:///odyssey.db). The study is created, or resumed when it exists with the same spec; one that is
+    already complete is left alone (`ran` False). Then the C++ kernels are prepared and `workers` local
+    worker processes (default: one per GPU, else one per CPU core) run on `devices` (`auto`, `cpu`,
+    `cuda:0,cuda:1` or a list of names), each with `objective` (default $ODYSSEY_OBJECTIVE, else `train`).
+
+    `on_progress` gets a `Progress` about every `poll` seconds while the workers run, and the final one;
+    `on_message` gets the one-line status messages (storage, created or resumed, workers), which are
+    logged at INFO without it. Every argument is checked before anything is written (a bad device creates
+    no study). Raises OdysseyError (bad spec, device or storage, a worker that failed) and, on Ctrl-C,
+    KeyboardInterrupt once the workers have re-queued their running trials: the same call resumes.
+    """
+    from sweep.cli.kernels import prepare_kernels
+
+    say = on_message or (lambda message: log.info("%s", message))
+    spec = spec if isinstance(spec, StudySpec) else load_spec(spec)
+    device_list = resolve_devices(devices if isinstance(devices, str) else ",".join(devices), objective)
+    if workers is not None and workers < 1:
+        raise ConfigError("workers must be at least 1")
+    resolved = resolve_url(url)
+    say(f"storage {mask_url(resolved)}")
+    created = create_study(resolved, spec)
+    say(created.message if created.created else f"resuming study {spec.name!r}")
+    if not created.created:
+        already = read_progress(resolved, spec, time.monotonic())
+        if already.total and already.finished >= already.total:
+            return RunOutcome(spec.name, resolved, False, False, 0, device_list, already)
+    prepare_kernels(objective)
+    n_workers = workers or (len(device_list) if device_list != ["cpu"] else default_workers())
+    say(f"{plural(n_workers, 'worker')} on {', '.join(device_list)}")
+    final = _run_study(spec, resolved, n_workers, device_list, on_progress or (lambda _progress: None),
+                       poll=poll, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                       objective=objective)
+    return RunOutcome(spec.name, resolved, created.created, True, n_workers, device_list, final)

@@ -27,6 +27,7 @@ from sweep.cli.common import plural
 from sweep.core.errors import ConfigError, OdysseyError, StorageError
 from sweep.core.states import PENDING_STATES, SCORED_STATES, ResultState
 from sweep.objective import name_metric
+from sweep.recorder import TrialRecorder
 from sweep.spec import StudySpec, design_points, parse_spec
 
 log = logging.getLogger(f"odyssey.{__name__}")
@@ -306,9 +307,15 @@ def withdraw(storage: Any, trial_id: int, why: str) -> bool:
             return False
     except UpdateFinishedTrialError:
         return False
+    _void(storage, trial_id, why)
+    return True
+
+
+def _void(storage: Any, trial_id: int, why: str) -> None:
+    """Fail a trial this process holds RUNNING as a withdrawn duplicate (VOID_ATTR = `why`): never re-run,
+    never its slot's outcome."""
     storage.set_trial_system_attr(trial_id, VOID_ATTR, why)
     storage.set_trial_state_values(trial_id, TrialState.FAIL)
-    return True
 
 
 def requeue_trial(url: str, storage: Any, study_id: int, name: str, trial_id: int, *,
@@ -331,11 +338,13 @@ def requeue_trial(url: str, storage: Any, study_id: int, name: str, trial_id: in
             if trial.state != TrialState.RUNNING or (still_lost is not None and not still_lost()):
                 return None
             slot = trial.user_attrs.get(SLOT_ATTR)
+            recorder = (None if slot is None
+                        else TrialRecorder(url, storage, name, int(slot), trial.number, trial_id))
             reason = final or trial.system_attrs.get(FINAL_ATTR) or trial.system_attrs.get(VOID_ATTR)
             if reason:
                 storage.set_trial_system_attr(trial_id, FINAL_ATTR, str(reason))
-                if slot is not None and final:  # (a FINAL or VOID mark's row was written with it)
-                    results.record_trial_finished(url, name, slot, "failed", {"error": final})
+                if recorder is not None and final:  # (a FINAL or VOID mark's row was written with it)
+                    recorder.failed_for_good(final)
                 _fail(storage, trial_id)
                 return None
             copy = _copy_of(storage.get_all_trials(study_id, deepcopy=False), trial.number)
@@ -346,9 +355,8 @@ def requeue_trial(url: str, storage: Any, study_id: int, name: str, trial_id: in
                 withdraw(storage, copy._trial_id, f"trial {trial.number} finished after all")
                 return None
             failpoint(f"{point}.after-fail")
-            if slot is not None:
-                results.record_trial_requeued(url, name, slot, trial_number=trial.number,
-                                              new_trial_number=copy.number)
+            if recorder is not None:
+                recorder.requeued(copy.number)
             return copy.number
 
     return with_retry(step, url, what="re-queue a trial")
@@ -376,11 +384,9 @@ def settle_claim(url: str, storage: Any, study_id: int, name: str, trial: Frozen
         if other.number == trial.number or other.user_attrs.get(SLOT_ATTR) != slot:
             continue
         if other.state == TrialState.RUNNING and other.number in history and _fail(storage, other._trial_id):
-            results.record_trial_requeued(url, name, slot, trial_number=other.number,
-                                          new_trial_number=trial.number)
+            TrialRecorder(url, storage, name, slot, other.number, other._trial_id).requeued(trial.number)
             continue
-        storage.set_trial_system_attr(trial._trial_id, VOID_ATTR, f"slot {slot} has trial {other.number}")
-        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        _void(storage, trial._trial_id, f"slot {slot} has trial {other.number}")
         log.warning("trial %d duplicated trial %d of slot %s: withdrawn", trial.number, other.number, slot)
         return False
     return True
@@ -460,8 +466,8 @@ def repair_study(url: str, name: str, storage: Any | None = None) -> RepairResul
                 copy = storage.get_trial(storage.create_new_trial(study_id, template))
                 failpoint("repair.after-copy")
                 if trials:
-                    results.record_trial_requeued(url, name, slot, trial_number=trials[-1].number,
-                                                  new_trial_number=copy.number)
+                    last = trials[-1]
+                    TrialRecorder(url, storage, name, slot, last.number, last._trial_id).requeued(copy.number)
                 outcome.requeued.append(slot)
                 log.warning("slot %d of %r had no live trial: re-queued as trial %d", slot, name, copy.number)
 

@@ -28,10 +28,29 @@ def crash_once_objective_for_tests(ctx: TrialContext) -> Outcome:
 
 
 def report_after_pause_objective_for_tests(ctx: TrialContext) -> Outcome:
-    """After 1.5 s, one epoch's intermediate value to Optuna (as training does), then the noop result."""
-    from sweep.objective import intermediate_reporter, noop_objective
+    """After 1.5 s, one epoch recorded (its row, then its intermediate value to Optuna, as training does),
+    then the noop result."""
+    from sweep.objective import noop_objective
 
     if ctx.stop.wait(1.5):
         raise TrialInterrupted()
-    intermediate_reporter(ctx)(1, 0.5)
+    ctx.record_epoch(1, valid_metric=0.5)
     return noop_objective(ctx)
+
+
+def curve(params: dict[str, float | int], epoch: int) -> float:
+    """The validation metric of `curve_objective_for_tests` after `epoch` epochs: falls as 1/epoch."""
+    return (1.0 + float(params["learning_rate"]) * 10) / epoch
+
+
+def curve_objective_for_tests(ctx: TrialContext) -> Outcome:
+    """A custom objective as a user would write one (no storage import): three epochs recorded through the
+    context, the last one's metric as the value."""
+    for epoch in (1, 2, 3):
+        ctx.check_stop()
+        valid = curve(ctx.params, epoch)
+        ctx.record_epoch(epoch, train_loss=2 * valid, valid_metric=valid, test_metric=valid + 0.1,
+                         seconds=0.25)
+    best = curve(ctx.params, 3)
+    return Outcome("complete", best, {"best_valid": best, "best_test": best + 0.1, "best_epoch": 3,
+                                      "epochs": 3, "seconds": 0.75})

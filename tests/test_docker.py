@@ -692,7 +692,7 @@ def test_package_builds_from_the_docker_build_context(tmp_path: Path) -> None:
 
     (wheel,) = tmp_path.glob("lstm_odyssey-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    for member in ("sweep/cli/main.py", "sweep/worker.py", "storage/engine.py", "analysis/report.py",
+    for member in ("sweep/cli/main.py", "sweep/worker/loop.py", "storage/engine.py", "analysis/report.py",
                    "sweep/data/jsb_chorales.json.gz"):
         assert member in names, f"the image would lack {member}"
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))

@@ -42,7 +42,7 @@ def url(request: pytest.FixtureRequest) -> str:
 
 
 def test_every_failpoint_in_the_code_is_listed_and_tested() -> None:
-    source = "".join(p.read_text() for p in [*ROOT.glob("sweep/*.py"), *ROOT.glob("storage/*.py")])
+    source = "".join(p.read_text() for p in [*ROOT.glob("sweep/**/*.py"), *ROOT.glob("storage/*.py")])
     used = set()
     for name in re.findall(r'failpoint\(f?"([^"]+)"\)', source):
         used |= {name.replace("{point}", p) for p in ("stale", "requeue")}

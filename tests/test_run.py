@@ -105,6 +105,64 @@ def test_run_interrupted_with_ctrl_c_resumes_to_a_complete_study_and_report(tmp_
     assert (tmp_path / "rep" / "variant_stats.csv").exists()
 
 
+def test_run_local_runs_a_study_from_python_and_reports_its_progress(tmp_path: Path) -> None:
+    import math
+
+    from optuna.trial import TrialState
+
+    from sweep.run import Progress, run_local
+    from sweep.spec import load_spec
+    from sweep.study import SLOT_ATTR, load_optuna_study
+
+    spec = tmp_path / "tiny.toml"
+    spec.write_text(SPEC)
+    url = f"sqlite:///{tmp_path / 'odyssey.db'}"
+    seen: list[Progress] = []
+    messages: list[str] = []
+    outcome = run_local(spec, url, workers=2, devices="cpu", objective="noop", on_progress=seen.append,
+                        on_message=messages.append, poll=0.2)
+    assert (outcome.study, outcome.url, outcome.workers, outcome.devices) == ("run-tiny", url, 2, ["cpu"])
+    assert outcome.created and outcome.ran and outcome.complete
+    assert messages[0] == f"storage {url}" and "created study 'run-tiny'" in messages[1]
+    assert messages[2] == "2 workers on cpu"
+    # Progress came while the workers ran, never going back, and ended on the whole study.
+    assert seen and seen[-1] == outcome.progress
+    finished = [p.finished for p in seen]
+    assert finished == sorted(finished) and all(p.total == 12 for p in seen)
+    assert (outcome.progress.finished, outcome.progress.running) == (12, 0)
+    assert outcome.progress.per_variant == {"V": (6, 6), "CIFG": (6, 6)}
+    # Each slot ran once, with the value Optuna holds in its results row.
+    trials = load_optuna_study(url, "run-tiny").trials
+    assert sorted(t.user_attrs[SLOT_ATTR] for t in trials) == list(range(12))
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    rows = load_study(url, "run-tiny").trials.set_index("slot")
+    assert set(rows["state"]) == {"complete"}
+    for t in trials:
+        assert math.isclose(rows.loc[t.user_attrs[SLOT_ATTR], "best_valid"], t.value, rel_tol=1e-9)
+    for variant, best in outcome.progress.best.items():
+        assert math.isclose(best, rows[rows["variant"] == variant]["best_valid"].min(), rel_tol=1e-9)
+
+    # Called again (with the spec itself this time): a complete study is left alone, no worker started.
+    again = run_local(load_spec(spec), url, devices="cpu", objective="noop", on_message=messages.append)
+    assert not again.created and not again.ran and again.complete and again.workers == 0
+    assert messages[-1] == "resuming study 'run-tiny'"
+    assert len(load_optuna_study(url, "run-tiny").trials) == 12
+
+
+def test_run_local_checks_its_arguments_before_writing_anything(tmp_path: Path) -> None:
+    from sweep.core.errors import OdysseyError
+    from sweep.run import run_local
+
+    spec = tmp_path / "tiny.toml"
+    spec.write_text(SPEC)
+    db = tmp_path / "odyssey.db"
+    with pytest.raises(OdysseyError, match="unknown device 'tpu'"):
+        run_local(spec, f"sqlite:///{db}", devices="tpu", objective="noop")
+    with pytest.raises(OdysseyError, match="workers must be at least 1"):
+        run_local(spec, f"sqlite:///{db}", workers=0, devices="cpu", objective="noop")
+    assert not db.exists()
+
+
 def test_run_rejects_a_bad_spec_in_one_line(tmp_path: Path) -> None:
     spec = tmp_path / "bad.toml"
     spec.write_text(SPEC.replace('"CIFG"', '"XLSTM"'))

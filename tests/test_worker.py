@@ -21,7 +21,8 @@ from optuna.trial import TrialState
 from storage import results
 from sweep.spec import parse_spec
 from sweep.study import SLOT_ATTR, create_study, load_optuna_study
-from sweep.worker import DIVERGED_ATTR, Worker, WorkerConfig
+from sweep.worker import Worker, WorkerConfig
+from sweep.worker.loop import DIVERGED_ATTR
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_PASSWORD_MARK = "Tst-pw-9f3Kq"  # tests/conftest.py's PostgreSQL password
@@ -281,6 +282,45 @@ def test_diverged_run_completes_with_its_best_finite_value(sqlite_url: str) -> N
     assert math.isfinite(trial.value) and math.isclose(trial.value, row["best_valid"])
 
 
+def test_a_custom_objective_records_its_epochs_through_the_trial_context(sqlite_url: str) -> None:
+    # A `module:function` objective that imports no storage: each epoch given to ctx.record_epoch is a row
+    # of the epochs table and the Optuna trial's intermediate value (optuna-dashboard's learning curve).
+    from tests.objectives import curve
+
+    make_study(sqlite_url, per_variant=2)
+    objective = "tests.objectives:curve_objective_for_tests"
+    ran = Worker(WorkerConfig(url=sqlite_url, study="w", objective=objective, heartbeat_interval=1,
+                              grace_period=5, poll_interval=0.1)).run()
+    assert ran == 4
+    data = results.load_study(sqlite_url, "w")
+    assert set(data.trials["state"]) == {"complete"} and (data.trials["epochs"] == 3).all()
+    trials = load_optuna_study(sqlite_url, "w").trials
+    assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
+    for trial in trials:
+        rows = data.epochs[data.epochs["trial_number"] == trial.number].sort_values("epoch")
+        assert list(rows["epoch"]) == [1, 2, 3]
+        expected = [curve(trial.params, epoch) for epoch in (1, 2, 3)]
+        for got, want in zip(rows["valid_metric"], expected, strict=True):
+            assert math.isclose(got, want, rel_tol=1e-9)
+        assert [round(x, 9) for x in rows["train_loss"]] == [round(2 * x, 9) for x in expected]
+        assert [round(x, 9) for x in rows["test_metric"]] == [round(x + 0.1, 9) for x in expected]
+        assert list(rows["seconds"]) == [0.25, 0.25, 0.25]
+        assert sorted(trial.intermediate_values) == [1, 2, 3]
+        for epoch, want in zip((1, 2, 3), expected, strict=True):
+            assert math.isclose(trial.intermediate_values[epoch], want, rel_tol=1e-9)
+        assert math.isclose(trial.value, expected[-1], rel_tol=1e-9)
+
+
+def test_a_trial_context_made_by_hand_cannot_record_epochs() -> None:
+    from sweep.objective import TrialContext
+
+    spec = parse_spec({"name": "h", "variants": ["V"], "trials_per_variant": 1,
+                       "dataset": {"name": "synthetic"}})
+    ctx = TrialContext("sqlite://", "h", spec, 0, 0, "V", {}, 0, "cpu")
+    with pytest.raises(RuntimeError, match="no recorder"):
+        ctx.record_epoch(1, valid_metric=0.5)
+
+
 def test_tpe_runs_exactly_the_quota_per_variant(sqlite_url: str) -> None:
     make_study(sqlite_url, per_variant=6, design="tpe")
     Worker(WorkerConfig(url=sqlite_url, study="w", objective="noop", poll_interval=0.1)).run()
@@ -322,7 +362,7 @@ def test_worker_bad_inputs(pg_server, sqlite_url: str) -> None:  # noqa: ANN001
 
 
 def test_tpe_learns_from_each_variants_own_trials() -> None:
-    from sweep.worker import PerVariantTPESampler
+    from sweep.worker.sampling import PerVariantTPESampler
 
     dists = {"variant": optuna.distributions.CategoricalDistribution(["V", "GRU"]),
              "x": optuna.distributions.FloatDistribution(0.0, 1.0)}

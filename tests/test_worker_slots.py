@@ -65,7 +65,8 @@ def test_clean_stops_do_not_count_against_the_lost_worker_limit(tmp_path: Path, 
 
     from sweep.spec import parse_spec
     from sweep.study import SLOT_ATTR, create_study, load_optuna_study
-    from sweep.worker import INTERRUPTS_ATTR, Worker, WorkerConfig
+    from sweep.worker import Worker, WorkerConfig
+    from sweep.worker.loop import INTERRUPTS_ATTR
 
     url = f"sqlite:///{tmp_path / 'odyssey.db'}"
     create_study(url, parse_spec({"name": "s", "variants": ["V"], "trials_per_variant": 1,

@@ -1,4 +1,7 @@
-"""`odyssey run SPEC`: the whole job on one machine, from a spec to an open-able report."""
+"""`odyssey run SPEC`: the whole job on one machine, from a spec to an open-able report.
+
+The run itself is `sweep.run.run_local`; this command parses its options, draws its progress and status
+lines, says how to resume after Ctrl-C, and writes the report."""
 
 from __future__ import annotations
 
@@ -28,7 +31,9 @@ def _fmt_eta(seconds: float | None) -> str:
 
 
 class _Display:
-    """A rich progress display: one bar per variant with its best score, and an overall bar with ETA."""
+    """A rich progress display: one bar per variant with its best score, and an overall bar with ETA.
+
+    The bars appear with the first update (once the workers run), below the run's status lines."""
 
     def __init__(self, variants: list[str], live: bool) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -42,17 +47,21 @@ class _Display:
         self.overall = self.progress.add_task("all", total=None, info="")
         self.tasks = {v: self.progress.add_task(v, total=None, info="") for v in variants}
         self._last_line = 0.0
+        self._started = False
 
     def __enter__(self) -> _Display:
-        self.progress.__enter__()
         return self
 
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.progress.__exit__(kind, exc, tb)
+        if self._started:
+            self.progress.__exit__(kind, exc, tb)
 
     def update(self, p: Progress) -> None:
+        if not self._started:
+            self._started = True
+            self.progress.start()
         for variant, task in self.tasks.items():
             done, total = p.per_variant.get(variant, (0, 0))
             best = p.best.get(variant)
@@ -88,44 +97,29 @@ def run(spec_path: str, url: str | None, workers: int | None, devices: str, out:
     """
     import optuna
 
-    from sweep.cli.kernels import prepare_kernels
-    from sweep.run import default_workers, read_progress, run_study
+    from sweep.run import run_local
     from sweep.spec import load_spec
-    from sweep.study import create_study
-    from sweep.worker import resolve_devices
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s",
                         stream=sys.stderr)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = load_spec(spec_path)
-    # Every argument is checked before anything is written: a bad --devices creates no study.
-    device_list = resolve_devices(devices, objective)
-    resolved = resolve_url(url)
-    click.echo(f"storage {mask_url(resolved)}", err=True)
-    created = create_study(resolved, spec)
-    click.echo(created.message if created.created else f"resuming study {spec.name!r}", err=True)
     target = report_dir(spec.name, out)
-    storage_arg = ["--storage", mask_url(resolved)] if url else []
-    if not created.created:
-        already = read_progress(resolved, spec, time.monotonic())
-        if already.total and already.finished >= already.total:
-            _complete(spec.name, already.total, target, storage_arg, no_report, out is not None)
-            if no_report or (target / "report.html").exists():
-                return
-            _write_report(resolved, spec.name, target)
-            return
-    prepare_kernels(objective)
-    n_workers = workers or (len(device_list) if device_list != ["cpu"] else default_workers())
-    click.echo(f"{plural(n_workers, 'worker')} on {', '.join(device_list)}", err=True)
-    live = sys.stderr.isatty()
+
+    def say(line: str) -> None:
+        click.echo(line, err=True)
+
+    def storage_arg() -> list[str]:  # for the commands shown: the storage given, its password masked
+        return ["--storage", mask_url(resolve_url(url))] if url else []
+
     try:
-        with _Display(list(spec.variants), live) as display:
-            done = run_study(spec, resolved, n_workers, device_list, display.update,
-                             heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-                             objective=objective)
+        with _Display(list(spec.variants), live=sys.stderr.isatty()) as display:
+            outcome = run_local(spec, url, workers=workers, devices=devices, objective=objective,
+                                on_progress=display.update, on_message=say,
+                                heartbeat_interval=heartbeat_interval, grace_period=grace_period)
     except KeyboardInterrupt:
         # The same command resumes: same spec, storage, report folder and worker settings.
-        again = ["odyssey", "run", spec_path, *storage_arg]
+        again = ["odyssey", "run", spec_path, *storage_arg()]
         again += ["-o", str(out)] if out is not None else []
         again += ["--workers", str(workers)] if workers else []
         again += ["--devices", devices] if devices != "auto" else []
@@ -134,11 +128,15 @@ def run(spec_path: str, url: str | None, workers: int | None, devices: str, out:
         click.echo(f"stopped; running trials went back to the queue. Resume with: {shlex.join(again)}",
                    err=True)
         raise SystemExit(130) from None
-    if not done:
+    if not outcome.ran:
+        _complete(spec.name, outcome.progress.total, target, storage_arg(), no_report, out is not None)
+        if no_report or (target / "report.html").exists():
+            return
+    elif not outcome.complete:
         click.echo("the study is not finished (trials left that no worker could take)", err=True)
     if no_report:
         return
-    _write_report(resolved, spec.name, target)
+    _write_report(outcome.url, spec.name, target)
 
 
 def _complete(study: str, total: int, target: Path, storage_arg: list[str], no_report: bool,

@@ -1,28 +1,27 @@
-"""Workers: pull waiting trials from the storage and run them until the study is done.
+"""The claim-and-run loop: a worker pulls waiting trials from the storage and runs them until the study
+is done.
 
 Exactly-once: a trial is claimed by Optuna's atomic WAITING -> RUNNING transition
 (`RDBStorage.set_trial_state_values`, a row lock on PostgreSQL, a write transaction on SQLite), so two
 workers never run the same trial; trials are only created by the (serialised) study creation and by
 re-queueing under the study lock, one copy per lost trial.
 
-Crashes: a trial's heartbeat is written before it is claimed and then every `heartbeat_interval` seconds.
-Any worker that finds a RUNNING trial whose heartbeat (or, without one, its start) is older than
-`grace_period` re-queues it: a WAITING copy with the same parameters and user attrs first, then the
-original FAIL, then the results row passed to the copy (`sweep.study.requeue_trial`). After
-`max_retries` losses the slot is recorded as failed. Workers run the repair pass (`repair_study`) when
-they start and before they exit, so a slot left with no live trial is re-queued.
+Crashes: a trial's heartbeat is written before it is claimed and then every `heartbeat_interval` seconds
+(`sweep.worker.heartbeat`). Any worker that finds a RUNNING trial whose heartbeat (or, without one, its
+start) is older than `grace_period` re-queues it: a WAITING copy with the same parameters and user attrs
+first, then the original FAIL, then the results row passed to the copy (`sweep.study.requeue_trial`).
+After `max_retries` losses the slot is recorded as failed. Workers run the repair pass (`repair_study`)
+when they start and before they exit, so a slot left with no live trial is re-queued.
 
-Stopping: the first SIGTERM/SIGINT stops the running trial within one training step, re-queues it and
-exits 0; a second Ctrl-C interrupts at once (see docs/sweeps.md).
+Stopping: the worker's `stop` event (set by the signal handlers of `sweep.worker.supervision`) stops the
+running trial within one training step; the trial is re-queued and the loop returns.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
 import random
-import signal
 import socket
 import threading
 import time
@@ -32,7 +31,6 @@ from functools import partial
 from typing import Any
 
 import optuna
-from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
@@ -40,8 +38,9 @@ from storage import results
 from storage.engine import with_retry
 from storage.failpoints import failpoint
 from storage.urls import resolve_url
-from sweep.core.errors import ConfigError, OdysseyError, StorageError
+from sweep.core.errors import OdysseyError, StorageError
 from sweep.objective import Objective, Outcome, TrialContext, TrialInterrupted, resolve_objective
+from sweep.recorder import TrialRecorder
 from sweep.spec import StudySpec
 from sweep.study import (
     FINAL_ATTR,
@@ -50,7 +49,6 @@ from sweep.study import (
     SPEC_ATTR,
     VARIANT_ATTR,
     VARIANT_PARAM,
-    distributions,
     load_optuna_study,
     open_storage,
     repair_study,
@@ -60,6 +58,8 @@ from sweep.study import (
     stored_spec,
     study_lock,
 )
+from sweep.worker.heartbeat import Heartbeat
+from sweep.worker.sampling import PerVariantTPESampler, trial_params
 
 log = logging.getLogger(f"odyssey.{__name__}")
 
@@ -93,93 +93,11 @@ class _StopWorker(Exception):
     """The worker was asked to stop."""
 
 
-class _Heartbeat:
-    """Writes a trial's heartbeat every interval from a thread; a failed write is retried next beat."""
-
-    def __init__(self, storage: Any, trial_id: int, interval: float) -> None:
-        self.storage, self.trial_id, self.interval = storage, trial_id, interval
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{trial_id}", daemon=True)
-
-    def _run(self) -> None:
-        while not self._done.wait(self.interval):
-            try:
-                self.storage.record_heartbeat(self.trial_id)
-            except Exception as exc:  # a database outage: the next beat tries again
-                log.warning("heartbeat of trial id %d failed (%s); retrying", self.trial_id,
-                            type(exc).__name__)
-                continue
-            failpoint("heartbeat.after")
-
-    def __enter__(self) -> _Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        self._thread.join()
-
-
-class _VariantView:
-    """A study seen as one variant's trials only, so a sampler learns from that variant's results."""
-
-    def __init__(self, study: optuna.Study, variant: str) -> None:
-        self._study, self._variant = study, variant
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._study, name)
-
-    def _mine(self, trials: Any) -> list[FrozenTrial]:
-        return [t for t in trials if t.params.get(VARIANT_PARAM) == self._variant]
-
-    def _get_trials(
-        self, deepcopy: bool = True, states: Any = None, use_cache: bool = False
-    ) -> list[FrozenTrial]:
-        return self._mine(self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache))
-
-    def get_trials(self, deepcopy: bool = True, states: Any = None) -> list[FrozenTrial]:
-        return self._mine(self._study.get_trials(deepcopy=deepcopy, states=states))
-
-    @property
-    def trials(self) -> list[FrozenTrial]:
-        return self.get_trials()
-
-
-class PerVariantTPESampler(optuna.samplers.BaseSampler):
-    """TPE fitted on each variant's own trials (variants differ too much to share one model).
-
-    Unseeded on purpose: workers sampling at the same moment must not propose the same points.
-    """
-
-    def __init__(self) -> None:
-        self._inner = optuna.samplers.TPESampler()
-
-    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
-        return {}
-
-    def sample_relative(self, study: optuna.Study, trial: FrozenTrial, search_space: Any) -> dict[str, Any]:
-        return {}
-
-    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
-                           param_distribution: Any) -> Any:
-        variant = trial.params.get(VARIANT_PARAM)
-        view: Any = _VariantView(study, variant) if variant is not None else study
-        return self._inner.sample_independent(view, trial, param_name, param_distribution)
-
-
 @dataclass
 class _Target:
     study: optuna.Study
     study_id: int
     spec: StudySpec
-
-
-def _suggest(trial: optuna.Trial, name: str, dist: Any) -> Any:
-    if isinstance(dist, IntDistribution):
-        return trial.suggest_int(name, dist.low, dist.high, log=dist.log)
-    if isinstance(dist, FloatDistribution):
-        return trial.suggest_float(name, dist.low, dist.high, log=dist.log)
-    return trial.suggest_categorical(name, dist.choices)
 
 
 def _still_lost(url: str, study_name: str, grace: float, trial_id: int) -> bool:
@@ -422,45 +340,23 @@ class Worker:
                                "the log above and in the `error` column of odyssey_trials)")
         return self.trials_run
 
-    def _params(self, target: _Target, frozen: FrozenTrial) -> dict[str, Any]:
-        # Designed trials carry every parameter already; tpe trials ask the sampler for the rest.
-        values = dict(frozen.params)
-        dists = distributions(target.spec)
-        if any(name not in values for name in dists):
-            trial = optuna.trial.Trial(target.study, frozen._trial_id)
-            for name, dist in dists.items():
-                if name not in values:
-                    values[name] = with_retry(partial(_suggest, trial, name, dist), self.url,
-                                              what="suggest a parameter")
-        real = {k: v for k, v in values.items() if k != VARIANT_PARAM}
-        real.update(target.spec.fixed)
-        for name, value in real.items():
-            if target.spec.space[name].type == "int":
-                real[name] = int(value)
-        return real
-
     def _run_trial(self, target: _Target, frozen: FrozenTrial) -> None:
         study, spec = target.study, target.spec
         name = study.study_name
         slot = int(frozen.user_attrs[SLOT_ATTR])
         variant = str(frozen.user_attrs.get(VARIANT_ATTR) or frozen.params.get(VARIANT_PARAM))
         seed = int(frozen.user_attrs.get(SEED_ATTR, spec.seed))
-        with _Heartbeat(self.storage, frozen._trial_id, self.config.heartbeat_interval):
-            params = self._params(target, frozen)
-            if spec.design == "tpe":
-                # The slot's row was designed without the sampled values: add them (existing ones stay).
-                results.record_designed_trials(self.url, name, [
-                    {"slot": slot, "variant": variant, "seed": seed, "params": params}])
-            results.record_trial_started(
-                self.url, name, slot, frozen.number, self.config.host, self.config.device,
-                variant=variant, params=params, seed=seed, dataset=spec.dataset.name,
-            )
+        with Heartbeat(self.storage, frozen._trial_id, self.config.heartbeat_interval):
+            params = trial_params(self.url, study, spec, frozen)
+            recorder = TrialRecorder(self.url, self.storage, name, slot, frozen.number, frozen._trial_id)
+            recorder.started(self.config.host, self.config.device, variant=variant, params=params, seed=seed,
+                             dataset=spec.dataset.name, sampled=spec.design == "tpe")
             failpoint("start.after")
             shown = " ".join(f"{k}={_fmt(v)}" for k, v in sorted(params.items()))
             log.info("%sstart  trial %d slot %d %s %s on %s", self._prefix, frozen.number, slot, variant,
                      shown, self.config.device)
             ctx = TrialContext(self.url, name, spec, slot, frozen.number, variant, params, seed,
-                               self.config.device, self.stop)
+                               self.config.device, self.stop, recorder)
             started = time.monotonic()
             try:
                 outcome = self.objective(ctx)
@@ -472,9 +368,9 @@ class Worker:
                 self._discard(frozen, slot)
                 return
             except Exception as exc:
-                self._fail(study, frozen, slot, exc)
+                self._fail(recorder, frozen, exc)
                 return
-            self._finish(study, frozen, slot, outcome, time.monotonic() - started)
+            self._finish(recorder, frozen, outcome, time.monotonic() - started)
 
     def _tell(self, frozen: FrozenTrial, state: TrialState, value: float | None = None) -> None:
         # Straight to the storage: Study.tell would re-read the trial three times for checks and
@@ -489,14 +385,13 @@ class Worker:
             log.warning("%strial %d was already finished in Optuna (%s)", self._prefix, frozen.number,
                         str(exc).splitlines()[0][:120])
 
-    def _finish(self, study: optuna.Study, frozen: FrozenTrial, slot: int, outcome: Outcome,
-                seconds: float) -> None:
+    def _finish(self, recorder: TrialRecorder, frozen: FrozenTrial, outcome: Outcome, seconds: float) -> None:
+        slot = recorder.slot
         result = dict(outcome.result)
         result["diverged"] = outcome.state == "diverged"
         # Results first: a crash before the Optuna tell leaves a stale trial that is simply re-run. The
         # write is refused when this attempt no longer holds the trial (judged lost and re-queued).
-        if not results.record_trial_finished(self.url, study.study_name, slot, outcome.state, result,
-                                             trial_number=frozen.number):
+        if not recorder.finished(outcome.state, result):
             self._discard(frozen, slot)
             return
         failpoint("finish.before-tell")
@@ -512,18 +407,18 @@ class Worker:
         failpoint("finish.after-tell")
         self._failures = 0
         self.trials_run += 1
-        spec = self._targets[study.study_name].spec
+        spec = self._targets[recorder.study].spec
         log.info("%sfinish trial %d slot %d %s %s %s=%s in %.1fs", self._prefix, frozen.number, slot,
                  frozen.user_attrs.get(VARIANT_ATTR), outcome.state, spec.metric,
                  _fmt(value) if value is not None else "none", seconds)
 
-    def _fail(self, study: optuna.Study, frozen: FrozenTrial, slot: int, exc: Exception) -> None:
+    def _fail(self, recorder: TrialRecorder, frozen: FrozenTrial, exc: Exception) -> None:
+        slot = recorder.slot
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if not isinstance(exc, OdysseyError):
             message = f"{type(exc).__name__}: {message}"
             log.exception("%strial %d slot %d raised", self._prefix, frozen.number, slot)
-        if not results.record_trial_finished(self.url, study.study_name, slot, "failed", {"error": message},
-                                             trial_number=frozen.number):
+        if not recorder.finished("failed", {"error": message}):
             self._discard(frozen, slot)  # not this attempt's to record: the copy runs the slot again
             return
         self._mark_final(frozen, message)
@@ -562,146 +457,3 @@ class Worker:
                              study.study_name, frozen._trial_id, point="requeue")
         log.info("%sinterrupted trial %d slot %d: re-queued as trial %s", self._prefix, frozen.number, slot,
                  copy)
-
-
-# ---------------------------------------------------------------------------------- processes
-
-
-def _install_signal_handlers(stop: threading.Event, label: str = "", sigint: bool = True) -> None:
-    prefix = f"[{label}] " if label else ""
-
-    def handler(signum: int, _frame: Any) -> None:
-        if stop.is_set():
-            # Only a second Ctrl-C escalates: SIGTERM may come twice from supervisors (and from the
-            # parent-death signal), and the running trial already stops within one training step.
-            if signum == signal.SIGINT:
-                raise KeyboardInterrupt()
-            return
-        log.info("%s%s received: stopping the running trial and re-queueing it",
-                 prefix, signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handler)
-    # A spawned worker ignores Ctrl-C (sent to the whole process group): its parent forwards SIGTERM.
-    signal.signal(signal.SIGINT, handler if sigint else signal.SIG_IGN)
-
-
-def _set_threads(config: WorkerConfig) -> None:
-    if config.threads:
-        os.environ["OMP_NUM_THREADS"] = str(config.threads)
-        if (config.objective or os.environ.get("ODYSSEY_OBJECTIVE") or "train") == "train":
-            import torch
-
-            torch.set_num_threads(config.threads)
-
-
-def run_worker(config: WorkerConfig, sigint: bool = True) -> int:
-    """Run one worker in this process with signal handling; returns the number of trials run."""
-    stop = threading.Event()
-    _install_signal_handlers(stop, config.label, sigint)
-    _set_threads(config)
-    return Worker(config, stop).run()
-
-
-def _die_with_parent() -> None:
-    # Linux: ask for SIGTERM when the parent dies (even by SIGKILL), so no orphan keeps a trial.
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-def _child_main(config: WorkerConfig, log_level: int) -> None:
-    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(message)s")
-    _die_with_parent()
-    if os.getppid() == 1:
-        return
-    try:
-        run_worker(config, sigint=False)
-    except OdysseyError as exc:
-        log.error("[%s] error: %s", config.label, exc)
-        raise SystemExit(1) from None
-
-
-def resolve_devices(devices: str, objective: str | None = None) -> list[str]:
-    """`auto` (every CUDA device, else cpu), `cpu`, or a comma-separated list such as `cuda:0,cuda:1`."""
-    devices = devices.strip()
-    if devices == "auto":
-        name = objective or os.environ.get("ODYSSEY_OBJECTIVE") or "train"
-        if name == "train":
-            import torch
-
-            if torch.cuda.is_available():
-                return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-        return ["cpu"]
-    out = [d.strip() for d in devices.split(",") if d.strip()]
-    if not out:
-        raise ConfigError("no device given (use auto, cpu, cuda:N or a comma-separated list)")
-    if (objective or os.environ.get("ODYSSEY_OBJECTIVE") or "train") == "train":
-        # Check now, against this host's GPUs, rather than fail every trial a worker takes.
-        from sweep.training import resolve_device
-
-        for device in out:
-            resolve_device(device)
-    else:
-        for device in out:
-            if device != "cpu" and not device.startswith("cuda"):
-                raise ConfigError(
-                    f"unknown device {device!r} (use auto, cpu, cuda:N or a comma-separated list)")
-    return out
-
-
-def run_workers(config: WorkerConfig, devices: list[str], jobs_per_device: int = 1) -> int:
-    """Run `jobs_per_device` workers per device: in this process for one slot, else one spawned process
-    per slot (signals forwarded). Returns the exit status: 0 when every worker finished cleanly."""
-    if jobs_per_device < 1:
-        raise ConfigError("--jobs-per-device must be at least 1")
-    slots = [d for d in devices for _ in range(jobs_per_device)]
-    cpu_slots = sum(1 for d in slots if d == "cpu")
-    threads = config.threads or max(1, (os.cpu_count() or 1) // max(1, cpu_slots))
-    if len(slots) == 1:
-        config.device = slots[0]
-        config.threads = threads if slots[0] == "cpu" else config.threads
-        run_worker(config)
-        return 0
-    import multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
-    procs = []
-    for i, device in enumerate(slots):
-        child = WorkerConfig(**{**config.__dict__, "device": device, "label": f"w{i} {device}",
-                                "threads": threads if device == "cpu" else config.threads})
-        proc = ctx.Process(target=_child_main, args=(child, logging.getLogger().level), daemon=False)
-        proc.start()
-        procs.append(proc)
-    log.info("started %d workers on %s", len(procs), ", ".join(sorted(set(slots))))
-
-    def forward(signum: int, _frame: Any) -> None:
-        for proc in procs:
-            if proc.is_alive() and proc.pid is not None:
-                os.kill(proc.pid, signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    from multiprocessing.connection import wait
-
-    running = list(procs)
-    while running:
-        wait([p.sentinel for p in running])
-        running = [p for p in running if p.exitcode is None]
-        if any(p.exitcode not in (None, 0) for p in procs):
-            # One slot died (a bug, an outage longer than the retry budget): stop the others cleanly and
-            # exit non-zero, so a supervisor (Docker's restart policy, systemd) restarts every slot
-            # instead of the host quietly running fewer.
-            forward(signal.SIGTERM, None)
-            for proc in running:
-                proc.join()
-            running = []
-    bad = [p for p in procs if p.exitcode != 0]
-    if bad:
-        log.error("%d of %d workers exited with an error", len(bad), len(procs))
-        return 1
-    return 0
