@@ -16,6 +16,7 @@ validation metric has no value: Optuna records it as FAIL and its results row sa
 from __future__ import annotations
 
 import importlib
+import logging
 import math
 import os
 import threading
@@ -195,6 +196,19 @@ def train_objective(ctx: TrialContext) -> Outcome:
 def objective_name(name: str | None = None) -> str:
     """The objective a worker runs: `name`, else $ODYSSEY_OBJECTIVE, else `train`."""
     return name or os.environ.get(ENV_VAR) or "train"
+
+
+def prepare_kernels(objective: str | None = None) -> None:
+    """Load the C++ kernels, compiling them first if this machine has no build (announced on stderr with
+    its elapsed time); `odyssey run`, `worker` and `train` call this before they start anything, so that no
+    trial's time includes the build. The test objectives (`noop`, `sleep:SECONDS`) train nothing: skipped.
+    Loaded kernels are logged (INFO, logger `odyssey.kernels`) in the words of `odyssey kernels`, so that a
+    worker's log shows which kernels its trials run on."""
+    from sweep.nn import kernels
+
+    name = objective_name(objective)
+    if name != "noop" and not name.startswith("sleep:") and kernels.load() is not None:
+        logging.getLogger("odyssey.kernels").info("C++ kernels: loaded (%s)", kernels.status().path)
 
 
 def resolve_objective(name: str | None = None) -> Objective:

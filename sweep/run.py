@@ -23,9 +23,9 @@ import pandas as pd
 
 from storage import results
 from storage.urls import mask_url, resolve_url
-from sweep.cli.common import plural
 from sweep.core.errors import ConfigError, OdysseyError
 from sweep.core.states import ENDED_STATES, ResultState
+from sweep.core.text import plural
 from sweep.spec import StudySpec, load_spec
 from sweep.study import create_study
 from sweep.worker import WorkerConfig, resolve_devices
@@ -193,7 +193,7 @@ def run_local(
     no study). Raises OdysseyError (bad spec, device or storage, a worker that failed) and, on Ctrl-C,
     KeyboardInterrupt once the workers have re-queued their running trials: the same call resumes.
     """
-    from sweep.cli.kernels import prepare_kernels
+    from sweep.objective import prepare_kernels
 
     say = on_message or (lambda message: log.info("%s", message))
     spec = spec if isinstance(spec, StudySpec) else load_spec(spec)

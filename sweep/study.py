@@ -23,9 +23,9 @@ from storage import results
 from storage.engine import optuna_storage, with_retry
 from storage.failpoints import failpoint
 from storage.locks import named_lock
-from sweep.cli.common import plural
 from sweep.core.errors import ConfigError, OdysseyError, StorageError
 from sweep.core.states import PENDING_STATES, SCORED_STATES, ResultState
+from sweep.core.text import plural
 from sweep.objective import name_metric
 from sweep.recorder import TrialRecorder
 from sweep.spec import StudySpec, design_points, parse_spec

@@ -1,8 +1,10 @@
 """The packages keep their borders: analysis and storage never import torch, and of sweep only its torch-free
 core (`sweep.core`); the core imports no other package at all."""
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -19,7 +21,8 @@ print(",".join(bad))
 """
 
 # sweep.core may be imported by every package; nothing else of sweep by analysis or storage
-CORE = ["sweep", "sweep.core", "sweep.core.errors", "sweep.core.states", "sweep.core.variants"]
+CORE = ["sweep", "sweep.core", "sweep.core.errors", "sweep.core.states", "sweep.core.text",
+        "sweep.core.variants"]
 
 
 @pytest.mark.parametrize(
@@ -41,6 +44,23 @@ def test_package_does_not_import_forbidden(pkg: str, forbidden: set[str], allowe
         check=True,
     )
     assert out.stdout.strip() == "", f"{pkg} imports {out.stdout.strip()}"
+
+
+def test_only_the_command_line_imports_the_command_line() -> None:
+    """The library (studies, workers, the local run, training) is callable from Python without the CLI:
+    no module outside sweep/cli imports sweep.cli, not even lazily inside a function."""
+    root = Path(__file__).resolve().parents[1]
+    bad = []
+    for path in sorted((root / "sweep").rglob("*.py")):
+        if "cli" in path.relative_to(root / "sweep").parts[:1]:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+            else:
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            bad += [f"{path.relative_to(root)}: {n}" for n in names if n.split(".")[:2] == ["sweep", "cli"]]
+    assert bad == []
 
 
 def test_light_cli_commands_do_not_import_torch() -> None:

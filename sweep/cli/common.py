@@ -29,11 +29,6 @@ def report_dir(study: str, out: Path | None) -> Path:
     return out if out is not None else Path("reports") / study
 
 
-def plural(count: int, noun: str) -> str:
-    """`1 trial`, `2 trials`, `0 trials`."""
-    return f"{count} {noun}{'' if count == 1 else 's'}"
-
-
 def print_table(table: Any, stderr: bool = False) -> None:
     """Print a rich Table whole: wider than the terminal (or than 80 columns in a pipe) it is printed at
     its natural width instead of cutting its headers and cells."""

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-import os
-
 import click
 
 from sweep.core.errors import OdysseyError
@@ -38,20 +35,6 @@ def family_kernels(device: str) -> dict[str, str]:
         "PLSTM": name("plstm", "torch.nn.LSTM"),
         "NP": name("np", "torch.nn.LSTM"),
     }
-
-
-def prepare_kernels(objective: str | None = None) -> None:
-    """Load the C++ kernels, compiling them first if this machine has no build (announced on stderr with
-    its elapsed time); `odyssey run`, `worker` and `train` call this before they start anything, so that no
-    trial's time includes the build. The test objectives (`noop`, `sleep:SECONDS`) train nothing: skipped.
-    Loaded kernels are logged (INFO, logger `odyssey.kernels`) in the words of `odyssey kernels`, so that a
-    worker's log shows which kernels its trials run on."""
-    from sweep.nn import kernels
-    from sweep.objective import ENV_VAR
-
-    name = objective or os.environ.get(ENV_VAR) or "train"
-    if name != "noop" and not name.startswith("sleep:") and kernels.load() is not None:
-        logging.getLogger("odyssey.kernels").info("C++ kernels: loaded (%s)", kernels.status().path)
 
 
 @click.command()

@@ -9,8 +9,9 @@ from pathlib import Path
 import click
 import pandas as pd
 
-from sweep.cli.common import out_option, plural, print_table, storage_option
+from sweep.cli.common import out_option, print_table, storage_option
 from sweep.core.errors import ConfigError
+from sweep.core.text import plural
 
 
 def _cell(value: object) -> str:

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 import click
 
 from storage.urls import mask_url, resolve_url
-from sweep.cli.common import out_option, plural, report_dir, storage_option
+from sweep.cli.common import out_option, report_dir, storage_option
+from sweep.core.text import plural
 
 if TYPE_CHECKING:  # sweep.run pulls in the training stack: imported only when a run starts
     from sweep.run import Progress

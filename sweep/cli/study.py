@@ -8,8 +8,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from storage.urls import mask_url, resolve_url
-from sweep.cli.common import plural, print_table, storage_option
+from sweep.cli.common import print_table, storage_option
 from sweep.core.states import PENDING_STATES, ResultState
+from sweep.core.text import plural
 
 
 @click.group()

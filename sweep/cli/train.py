@@ -61,8 +61,8 @@ def train(dataset_name: str, data_path: str | None, threads: int | None, **setti
     """Train one network and report the validation and test metric after every epoch."""
     import torch
 
-    from sweep.cli.kernels import prepare_kernels
     from sweep.data.base import load_dataset
+    from sweep.objective import prepare_kernels
     from sweep.training import TrainConfig, resolve_device
     from sweep.training import train as run_training
 

@@ -39,8 +39,7 @@ def worker(url: str | None, study_name: str | None, devices: str, jobs_per_devic
     """Pull waiting trials and train them, one process per device slot, until the study is done."""
     import optuna
 
-    from sweep.cli.kernels import prepare_kernels
-    from sweep.objective import resolve_objective
+    from sweep.objective import prepare_kernels, resolve_objective
     from sweep.worker import WorkerConfig, resolve_devices, run_workers
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
