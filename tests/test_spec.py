@@ -117,11 +117,11 @@ def test_misspelt_key_is_named_with_the_nearest_known_one() -> None:
 
 
 def test_training_rules_are_the_ones_odyssey_train_applies() -> None:
-    # One rule set: the spec's message is TrainConfig.validate's, located in the spec.
+    # One rule set: the spec's message is TrainConfig's, located in the spec.
     from sweep.training import TrainConfig
 
     with pytest.raises(OdysseyError) as train_error:
-        TrainConfig("V", 10, 1e-3, input_noise=-0.5).validate()
+        TrainConfig(variant="V", hidden_size=10, learning_rate=1e-3, input_noise=-0.5)
     spec_error = _error(_spec(space={"input_noise": {"value": -0.5}}))
     assert str(train_error.value) == "input_noise must be >= 0, got -0.5"
     assert spec_error == "spec x.toml: space.input_noise.value must be >= 0, got -0.5"
