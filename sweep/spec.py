@@ -154,12 +154,17 @@ class StudySpec(_Model):
         for key, param in self.space.items():
             if param.type != SEARCHABLE[key]:
                 raise SpecFieldError(f"space.{key}.type", f"must be {SEARCHABLE[key]!r}")
-        if not (info.context or {}).get("stored"):
-            # A stored spec was checked when the study was created (and its rules may since have grown).
+        # A stored spec was checked when the study was created (and the rules may since have grown).
+        fresh = not (info.context or {}).get("stored")
+        if fresh:
             self._check_space_rules()
         dataset = DATASETS[self.dataset.name]
         if not self.metric:
             object.__setattr__(self, "metric", dataset.metric)
+        if fresh and self.metric not in dataset.metrics:
+            known = ", ".join(sorted(dataset.metrics))
+            raise SpecFieldError("metric", f"{self.metric!r} is not one of the {dataset.name} dataset's "
+                                           f"({known})")
         if dataset.path_required and "path" not in self.dataset.options:
             raise SpecFieldError("dataset.path", f"is required for the {self.dataset.name!r} dataset")
         return self

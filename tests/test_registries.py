@@ -123,6 +123,11 @@ def test_spec_accepts_every_registered_dataset_with_its_primary_metric(name: str
     entry = DATASETS[name]
     dataset = {"name": name, **({"path": "data.txt"} if entry.path_required else {})}
     assert parse_spec(_spec(dataset=dataset)).metric == entry.metric
+    for metric in entry.metrics:  # a secondary metric of the dataset may be the objective
+        assert parse_spec(_spec(dataset=dataset, metric=metric)).metric == metric
+    assert _spec_error(_spec(dataset=dataset, metric="accuracy")) == (
+        f"metric 'accuracy' is not one of the {name} dataset's ({', '.join(sorted(entry.metrics))})"
+    )
     if entry.path_required:
         assert _spec_error(_spec(dataset={"name": name})) == (
             f"dataset.path is required for the {name!r} dataset"
