@@ -99,6 +99,10 @@ def test_normalised_form_round_trips() -> None:
          "space.momentum.hihg is not a known field (did you mean high?)"),
         ({"training": {"max_epoch": 5}},
          "training.max_epoch is not a known field (did you mean max_epochs?)"),
+        # the table's key names a space entry (a Param's `name` is never stored)
+        ({"space": {"momentum": {"name": "m", "high": 0.9}}}, "space.momentum.name is not a known field"),
+        ({"training": {"max_epochs": "x"}}, "training.max_epochs must be a whole number, got 'x'"),
+        ({"metric": "accuracy"}, "metric 'accuracy' is not one of the synthetic dataset's (mse)"),
     ],
 )
 def test_invalid_specs_name_the_field(change: dict[str, object], expected: str) -> None:

@@ -131,8 +131,8 @@ class TrainConfig(TrainingSettings):
 
 @dataclass(frozen=True)
 class Setting:
-    """How one field of `TrainConfig` is presented: its value type (int, float or str), default, help
-    text, choices, `odyssey train` flag (None: not an option) and whether a search space may vary it."""
+    """How one field of `TrainConfig` is presented: its value type (int, float or str; None aside), default,
+    help text, choices, `odyssey train` flag (None: not an option) and whether a search space may vary it."""
 
     name: str
     type: type
@@ -141,7 +141,6 @@ class Setting:
     choices: tuple[str, ...] | None
     flag: str | None
     searchable: bool
-    optional: bool
 
 
 def settings() -> Iterator[Setting]:
@@ -152,19 +151,19 @@ def settings() -> Iterator[Setting]:
         field = TrainConfig.model_fields[name]
         extra = field.json_schema_extra
         assert isinstance(extra, dict)
-        kind, optional = _value_type(field.annotation)
+        kind = _value_type(field.annotation)
         choices = tuple(get_args(kind)) if get_origin(kind) is Literal else None
         flag = None if not extra["cli"] else str(extra.get("flag") or "--" + name.replace("_", "-"))
         yield Setting(name, str if choices else kind, field.default, field.description or "", choices, flag,
-                      bool(extra["searchable"]), optional)
+                      bool(extra["searchable"]))
 
 
-def _value_type(annotation: Any) -> tuple[Any, bool]:
-    """(the type without None, whether None is allowed)."""
+def _value_type(annotation: Any) -> Any:
+    """The type of a field's values without None (`int` for `int | None`)."""
     if get_origin(annotation) in (Union, types.UnionType):
         args = [a for a in get_args(annotation) if a is not type(None)]
-        return (args[0] if len(args) == 1 else annotation), True
-    return annotation, False
+        return args[0] if len(args) == 1 else annotation
+    return annotation
 
 
 SEARCHABLE: dict[str, str] = {s.name: s.type.__name__ for s in settings() if s.searchable}
@@ -174,7 +173,7 @@ SEARCHABLE: dict[str, str] = {s.name: s.type.__name__ for s in settings() if s.s
 def rule(name: str) -> str | None:
     """The rule of setting `name` in words ("must be in [0, 1)"), or None for one without a rule."""
     field = TrainConfig.model_fields[name]
-    kind, _ = _value_type(field.annotation)
+    kind = _value_type(field.annotation)
     if get_origin(kind) is Literal:
         return f"must be one of {', '.join(get_args(kind))}"
     bound = {key: getattr(m, key) for m in field.metadata for key in ("ge", "gt", "lt") if hasattr(m, key)}
@@ -196,8 +195,9 @@ def _problem(name: str, err: ErrorDetails) -> str:
         return "is not a training setting" + (f" (did you mean {close[0]}?)" if close else "")
     text = rule(name) if err["type"] in _RULE_ERRORS else None
     if text is None:
-        kind, _ = _value_type(TrainConfig.model_fields[name].annotation)
-        text = {int: "must be a whole number", float: "must be a number"}.get(kind, "must be a string")
+        kind = _value_type(TrainConfig.model_fields[name].annotation)
+        kinds = {int: "must be a whole number", float: "must be a number", str: "must be a string"}
+        text = kinds.get(kind, "has the wrong type")
     return f"{text}, {got}"
 
 
