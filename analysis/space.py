@@ -1,8 +1,9 @@
 """Put trials into the space they were sampled in, and score them under the diverged rule.
 
 fANOVA, marginals and heatmaps work on the *sampled* scale: a log-uniform learning rate is analysed as
-``log10(lr)``, a ``log1m`` momentum as ``log10(1 - momentum)``. Parameters the spec holds fixed carry no
-information and are dropped (and listed in ``Space.fixed`` so the report can say so).
+``log10(lr)``, a ``log1m`` momentum as ``log10(1 - momentum)`` (the spec's own ``sweep.core.space.Param``
+and its scale transforms, so the analysis reads a space exactly as the designs drew it). Parameters the spec
+holds fixed carry no information and are dropped (and listed in ``Space.fixed`` so the report can say so).
 
 The diverged rule: a diverged run has no meaningful score (often NaN or inf). Leaving it out would flatter
 variants and learning rates that diverge often, so every finished trial whose score is missing, infinite or
@@ -12,67 +13,23 @@ number of capped trials is reported.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from pydantic import ValidationError
 
 from sweep.core.errors import ConfigError
+from sweep.core.space import SCALES, Param
+from sweep.core.space import to_sampled as on_sampled_axis
 from sweep.core.states import PENDING_STATES, SCORED_STATES, ResultState
-
-SCALES = ("linear", "log", "log1m")
-
-
-@dataclass(frozen=True)
-class Param:
-    """One varied hyperparameter: its type, scale and bounds (real values)."""
-
-    name: str
-    type: str
-    scale: str
-    low: float
-    high: float
-
-    def to_sampled(self, values: np.ndarray | pd.Series) -> np.ndarray:
-        """Map real values onto the sampled scale (log10 for ``log``, log10(1 - x) for ``log1m``)."""
-        x = np.asarray(values, dtype=float)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            if self.scale == "log":
-                return np.log10(x)
-            if self.scale == "log1m":
-                return np.log10(1.0 - x)
-        return x
-
-    def to_real(self, values: np.ndarray | pd.Series) -> np.ndarray:
-        """Inverse of :meth:`to_sampled`."""
-        x = np.asarray(values, dtype=float)
-        if self.scale == "log":
-            return 10.0**x
-        if self.scale == "log1m":
-            return 1.0 - 10.0**x
-        return x
-
-    @property
-    def bounds(self) -> tuple[float, float]:
-        """Bounds on the sampled scale, low first (log1m flips the order)."""
-        a, b = self.to_sampled(np.array([self.low, self.high]))
-        return (float(min(a, b)), float(max(a, b)))
-
-    @property
-    def axis_label(self) -> str:
-        """How the sampled axis is labelled in figures."""
-        if self.scale == "log":
-            return f"log10({self.name})"
-        if self.scale == "log1m":
-            return f"log10(1 - {self.name})"
-        return self.name
 
 
 @dataclass(frozen=True)
 class Space:
-    """The varied parameters of a study (in spec order) and the fixed ones with their values."""
+    """The varied parameters of a study (in spec order; `sweep.core.space.Param`, the spec's own, with its
+    scale transforms) and the fixed ones with their values."""
 
     params: dict[str, Param]
     fixed: dict[str, object] = field(default_factory=dict)
@@ -111,13 +68,21 @@ def space_from_spec(spec: Mapping) -> Space:
         if low == high:
             fixed[name] = low
             continue
-        param = Param(name, str(entry.get("type", "float")), scale, low, high)
-        if not all(math.isfinite(b) for b in param.bounds):
+        if not all(np.isfinite(on_sampled_axis(scale, [low, high]))):
             raise ConfigError(
                 f"study spec: bounds of {name!r} [{low}, {high}] are invalid for scale {scale!r}"
             )
-        params[name] = param
+        try:
+            params[name] = Param(name=name, type=entry.get("type", "float"), scale=scale, low=low, high=high)
+        except ValidationError as exc:
+            raise ConfigError(f"study spec: space entry {name!r}: {_reason(exc)}") from None
     return Space(params, fixed)
+
+
+def _reason(exc: ValidationError) -> str:
+    err = exc.errors(include_url=False)[0]
+    original = (err.get("ctx") or {}).get("error")
+    return str(original) if original is not None else f"{'.'.join(map(str, err['loc']))}: {err['msg']}"
 
 
 def finished(trials: pd.DataFrame) -> pd.DataFrame:

@@ -134,15 +134,12 @@ def _dataset(spec: StudySpec) -> Any:
 
 
 def train_config(ctx: TrialContext) -> Any:
-    """The TrainConfig of a trial: the spec's training settings, then the trial's parameters."""
-    from sweep.training import TrainConfig
+    """The `sweep.core.settings.TrainConfig` of a trial: the spec's training settings, then the trial's
+    parameters (an int hyperparameter handed over as a float, as a storage may, is cut to an int)."""
+    from sweep.core.settings import SEARCHABLE, TrainConfig
 
-    settings: dict[str, Any] = ctx.spec.training.model_dump()
-    settings.update(ctx.params)
-    if "hidden_size" in settings:
-        settings["hidden_size"] = int(settings["hidden_size"])
-    if "num_layers" in settings:
-        settings["num_layers"] = int(settings["num_layers"])
+    params = {k: int(v) if SEARCHABLE.get(k) == "int" else v for k, v in ctx.params.items()}
+    settings: dict[str, Any] = {**ctx.spec.training.model_dump(), **params}
     switches = ctx.spec.custom_variants.get(ctx.variant)  # None for the built-in variants
     return TrainConfig(variant=ctx.variant, switches=switches, seed=ctx.seed, device=ctx.device, **settings)
 

@@ -1,16 +1,18 @@
 """Study specs: a TOML file naming the dataset, variants, search space, design and training budget.
 
 `load_spec(path)` parses the file with tomllib and validates it with pydantic; every problem becomes one
-`OdysseyError` line naming the file and the field (an unknown key with the nearest known one). Every fixed
-value, every range end and the `[training]` settings also go through the training rules of `odyssey train`
-(`sweep.training.setting_problem`), so a spec that could not train is refused before any trial is queued.
+`OdysseyError` line naming the file and the field (an unknown key with the nearest known one). The pieces
+come from their registries, all torch-free: the search-space `Param` and its scales (`sweep.core.space`),
+the `[training]` settings (`sweep.core.settings.TrainingSettings`, the model `odyssey train`'s options are
+made from), the variants (`sweep.core.variants`) and the datasets with their metrics (`sweep.data.registry`).
+Every fixed value and range end of the space also goes through the training rules
+(`sweep.core.settings.setting_problem`), so a spec that could not train is refused before any trial is queued.
 `StudySpec.model_dump(mode="json")` is the normalised form stored with the study (what `analysis` reads).
 """
 
 from __future__ import annotations
 
 import difflib
-import math
 import tomllib
 import warnings
 from pathlib import Path
@@ -28,107 +30,30 @@ from pydantic import (
 )
 
 from sweep.core.errors import ConfigError, OdysseyError
+from sweep.core.settings import SEARCHABLE, TrainingSettings, describe_error, setting_problem
+from sweep.core.space import Param, SpecFieldError
 from sweep.core.variants import GREFF_VARIANTS, VARIANTS, custom_variant
-
-DATASETS: tuple[str, ...] = ("jsb", "ptb", "char", "synthetic")
-# The primary (lower-is-better) validation metric of each dataset, as sweep.data.base names it.
-DEFAULT_METRICS: dict[str, str] = {"jsb": "nll", "ptb": "perplexity", "char": "bpc", "synthetic": "mse"}
-# Hyperparameters a space may search; each maps onto a TrainConfig field of the same name.
-SEARCHABLE: dict[str, str] = {
-    "learning_rate": "float",
-    "hidden_size": "int",
-    "momentum": "float",
-    "input_noise": "float",
-    "forget_bias": "float",
-    "num_layers": "int",
-    "clip": "float",
-    "init_scale": "float",
-}
-
-
-class SpecFieldError(ConfigError):
-    """A validation problem with one named sub-field (so the message can say `space.x.low must ...`)."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field} {message}")
-        self.field = field
-        self.message = message
+from sweep.data.registry import DATASETS
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Param(_Model):
-    """One search-space entry: a range on a scale, or a fixed value."""
-
-    type: Literal["float", "int"] = "float"
-    scale: Literal["linear", "log", "log1m"] = "linear"
-    low: float | None = None
-    high: float | None = None
-    value: float | None = None
-
-    @model_validator(mode="after")
-    def _check_range(self) -> Param:
-        if self.value is not None:
-            if self.low is not None or self.high is not None:
-                raise SpecFieldError("value", "cannot be combined with low/high")
-            if self.type == "int" and self.value != int(self.value):
-                raise SpecFieldError("value", "must be a whole number for an int parameter")
-            return self
-        if self.low is None:
-            raise SpecFieldError("low", "is required (or give a fixed `value`)")
-        if self.high is None:
-            raise SpecFieldError("high", "is required (or give a fixed `value`)")
-        if not (math.isfinite(self.low) and math.isfinite(self.high)):
-            raise SpecFieldError("low", "and high must be finite")
-        if self.high <= self.low:
-            raise SpecFieldError("high", f"must be > low ({self.low:g})")
-        if self.scale == "log" and self.low <= 0:
-            raise SpecFieldError("low", "must be > 0 for a log scale")
-        if self.scale == "log1m":
-            if self.type == "int":
-                raise SpecFieldError("scale", "log1m is only for float parameters")
-            if self.high >= 1:
-                raise SpecFieldError("high", "must be < 1 for a log1m scale (log10(1 - x))")
-        if self.type == "int" and (self.low != int(self.low) or self.high != int(self.high)):
-            raise SpecFieldError("low", "and high must be whole numbers for an int parameter")
-        return self
-
-    @property
-    def fixed(self) -> bool:
-        return self.value is not None
-
-    def from_unit(self, u: np.ndarray) -> np.ndarray:
-        """Map points of [0, 1) onto this parameter's range along its scale (uniform on that scale)."""
-        assert self.low is not None and self.high is not None
-        if self.scale == "linear":
-            x = self.low + u * (self.high - self.low)
-        elif self.scale == "log":
-            a, b = math.log10(self.low), math.log10(self.high)
-            x = 10.0 ** (a + u * (b - a))
-        else:  # log1m: log10(1 - x) is uniform, so 1 - x is log-uniform on [1 - high, 1 - low]
-            a, b = math.log10(1.0 - self.high), math.log10(1.0 - self.low)
-            x = 1.0 - 10.0 ** (a + u * (b - a))
-        x = np.clip(x, self.low, self.high)
-        if self.type == "int":
-            x = np.clip(np.rint(x), self.low, self.high)
-        return x
-
-
 def default_space() -> dict[str, Param]:
     """The paper's search space plus the forget-gate bias."""
     return {
-        "learning_rate": Param(type="float", scale="log", low=1e-6, high=1e-2),
-        "hidden_size": Param(type="int", scale="log", low=20, high=200),
-        "momentum": Param(type="float", scale="log1m", low=0.0, high=0.99),
-        "input_noise": Param(type="float", scale="linear", low=0.0, high=1.0),
-        "forget_bias": Param(type="float", scale="linear", low=0.0, high=5.0),
+        "learning_rate": Param(name="learning_rate", type="float", scale="log", low=1e-6, high=1e-2),
+        "hidden_size": Param(name="hidden_size", type="int", scale="log", low=20, high=200),
+        "momentum": Param(name="momentum", type="float", scale="log1m", low=0.0, high=0.99),
+        "input_noise": Param(name="input_noise", type="float", scale="linear", low=0.0, high=1.0),
+        "forget_bias": Param(name="forget_bias", type="float", scale="linear", low=0.0, high=5.0),
     }
 
 
 class DatasetSpec(_Model):
-    """The dataset name and the options `sweep.data.base.load_dataset` takes (e.g. `path`)."""
+    """A registered dataset's name (sweep.data.registry) and the options `sweep.data.base.load_dataset`
+    takes (e.g. `path`)."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
     name: str
@@ -145,23 +70,6 @@ class DatasetSpec(_Model):
         return dict(self.model_extra or {})
 
 
-class TrainingSpec(_Model):
-    """The training budget and the settings every trial shares (TrainConfig fields of the same name; their
-    values are checked by the training rules, see `StudySpec._check_training_rules`)."""
-
-    max_epochs: int = 150
-    patience: int = 15
-    batch_size: int = 1
-    optimizer: str = "sgd"
-    clip: float | None = None
-    num_layers: int = 1
-    init: str = "normal"
-    init_scale: float = 0.1
-    bptt: int | None = None
-    embedding_size: int | None = None
-    eval_batch_size: int | None = None
-
-
 class StudySpec(_Model):
     """A whole study: validated, normalised, and stored with the Optuna study."""
 
@@ -175,7 +83,7 @@ class StudySpec(_Model):
     trials_per_variant: int = Field(ge=1, le=100_000)
     design: Literal["random", "sobol", "tpe"] = "random"
     seed: int = 0
-    training: TrainingSpec = TrainingSpec()
+    training: TrainingSettings = TrainingSettings()
     metric: str = ""
     direction: Literal["minimize", "maximize"] = "minimize"
 
@@ -232,38 +140,41 @@ class StudySpec(_Model):
         merged: dict[str, Any] = {k: p.model_dump() for k, p in default_space().items()}
         for key, entry in value.items():
             if isinstance(entry, dict):
+                if "name" in entry:  # the table's key names the parameter
+                    raise SpecFieldError(f"space.{key}.name", "is not a known field")
                 # Fields not given keep the default's (e.g. momentum's log1m scale); a value fixes it.
                 base = merged.get(key, {"type": SEARCHABLE[key]})
                 base = {"type": base["type"]} if "value" in entry else {**base, "value": None}
                 entry = {**base, **entry}
             merged[key] = entry
-        return merged
+        return {k: {**entry, "name": k} if isinstance(entry, dict) else entry for k, entry in merged.items()}
 
     @model_validator(mode="after")
     def _normalise(self, info: ValidationInfo) -> StudySpec:
         for key, param in self.space.items():
             if param.type != SEARCHABLE[key]:
                 raise SpecFieldError(f"space.{key}.type", f"must be {SEARCHABLE[key]!r}")
-        if not (info.context or {}).get("stored"):
-            # A stored spec was checked when the study was created; skip importing torch for it.
-            self._check_training_rules()
+        # A stored spec was checked when the study was created (and the rules may since have grown).
+        fresh = not (info.context or {}).get("stored")
+        if fresh:
+            self._check_space_rules()
+        dataset = DATASETS[self.dataset.name]
         if not self.metric:
-            object.__setattr__(self, "metric", DEFAULT_METRICS[self.dataset.name])
-        if self.dataset.name in ("ptb", "char") and "path" not in self.dataset.options:
+            object.__setattr__(self, "metric", dataset.metric)
+        if fresh and self.metric not in dataset.metrics:
+            known = ", ".join(sorted(dataset.metrics))
+            raise SpecFieldError("metric", f"{self.metric!r} is not one of the {dataset.name} dataset's "
+                                           f"({known})")
+        if dataset.path_required and "path" not in self.dataset.options:
             raise SpecFieldError("dataset.path", f"is required for the {self.dataset.name!r} dataset")
         return self
 
-    def _check_training_rules(self) -> None:
-        """Every `[training]` setting, fixed value and range end through `odyssey train`'s rules.
+    def _check_space_rules(self) -> None:
+        """Every fixed value and range end of the space through the training rules (`[training]` itself is
+        a `TrainingSettings`, checked by its own fields).
 
         The rules are intervals, so a range whose two ends pass has no failing point inside (the designs
         only map into [low, high])."""
-        from sweep.training import setting_problem  # lazily: training imports torch
-
-        for name, value in self.training.model_dump().items():
-            problem = setting_problem(name, value)
-            if problem is not None:
-                raise SpecFieldError(f"training.{name}", problem)
         for key, param in self.space.items():
             for end in ("value", "low", "high"):
                 value = getattr(param, end)
@@ -301,6 +212,8 @@ def _known_fields(parent: tuple[Any, ...]) -> list[str]:
         if model is StudySpec and part == "space":
             model = Param
             parts = parts[1:]  # skip the hyperparameter's name
+            if not parts:
+                return [name for name in Param.model_fields if name != "name"]
             continue
         field = model.model_fields.get(str(part))
         annotation = field.annotation if field is not None else None
@@ -325,6 +238,8 @@ def _format_error(source: str, exc: ValidationError) -> str:
         return f"spec {source}: {loc} is not a known field{hint}"
     if err["type"] == "missing":
         return f"spec {source}: {loc} is required"
+    if len(err["loc"]) == 2 and err["loc"][0] == "training":
+        return f"spec {source}: {loc} {describe_error(err)}"
     msg = str(err["msg"]).removeprefix("Value error, ")
     msg = msg[:1].lower() + msg[1:]
     return f"spec {source}: {loc}: {msg}" if loc else f"spec {source}: {msg}"

@@ -1,9 +1,11 @@
 """Training one configuration on one dataset: SGD with Nesterov momentum or Adam, early stopping on the
 validation metric, divergence detection, and a report after every epoch.
 
-Choices (see docs/training.md): for SGD the step size is `learning_rate * (1 - momentum)`, as in Greff et
-al., so that the learning rate means about the same whatever the momentum; Adam uses `learning_rate` as is
-(and `momentum` as its beta1). The loss of a batch is its mean per-step loss (per frame, token or step).
+The settings are a `TrainConfig` (sweep.core.settings: one pydantic model holding every setting's default,
+range and help text, checked when built). Choices (see docs/training.md): for SGD the step size is
+`learning_rate * (1 - momentum)`, as in Greff et al., so that the learning rate means about the same whatever
+the momentum; Adam uses `learning_rate` as is (and `momentum` as its beta1). The loss of a batch is its
+mean per-step loss (per frame, token or step).
 """
 
 from __future__ import annotations
@@ -12,108 +14,18 @@ import copy
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field
 
 import torch
 
 from sweep.core.errors import ConfigError
-from sweep.core.variants import Variant, resolve
+from sweep.core.settings import TrainConfig
 from sweep.data.base import Batch, Dataset
 from sweep.nn import kernels
 from sweep.nn.cells import State, detach_state
-from sweep.nn.common import INIT_SCHEMES
 from sweep.nn.models import SequenceModel
 
-OPTIMIZERS = ("sgd", "adam")
 EXPLOSION_FACTOR = 1e3  # a batch loss this many times the first batch's means the run diverged
-
-
-@dataclass
-class TrainConfig:
-    """Hyperparameters and run settings of one training run."""
-
-    variant: str
-    hidden_size: int
-    learning_rate: float
-    momentum: float = 0.9
-    forget_bias: float = 1.0
-    input_noise: float = 0.0
-    num_layers: int = 1
-    optimizer: str = "sgd"  # "sgd" (Nesterov) | "adam"
-    batch_size: int = 1
-    max_epochs: int = 150
-    patience: int = 15
-    clip: float | None = None  # max gradient norm; None: no clipping
-    seed: int = 0
-    device: str = "cpu"
-    init: str = "normal"
-    init_scale: float = 0.1
-    bptt: int | None = None  # truncated-BPTT window; None: the dataset's default (full BPTT for sequences)
-    embedding_size: int | None = None  # token data; None: hidden_size
-    eval_batch_size: int | None = None  # None: the dataset's default
-    switches: dict[str, Any] | None = None  # a custom LSTM variant's switches (None: `variant` is built in)
-
-    def cell(self) -> Variant:
-        """The registry entry of `variant` (a custom one from `switches`); OdysseyError if it is unknown."""
-        return resolve(self.variant, self.switches)
-
-    def validate(self) -> None:
-        """Raise OdysseyError naming the first invalid setting: the variant through the registry (a custom
-        one with its `switches`), every other setting by the rules of `setting_problem`."""
-        self.cell()
-        for item in fields(self):
-            problem = setting_problem(item.name, getattr(self, item.name))
-            if problem is not None:
-                raise ConfigError(f"{item.name} {problem}")
-
-
-def _one_of(choices: tuple[str, ...]) -> Callable[[Any], str | None]:
-    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}, got {v!r}"
-
-
-def _at_least_one(v: Any) -> str | None:
-    return None if v >= 1 else f"must be >= 1, got {v}"
-
-
-def _positive(v: Any) -> str | None:
-    return None if 0 < v < math.inf else f"must be a positive number, got {v}"
-
-
-def _optional(rule: Callable[[Any], str | None]) -> Callable[[Any], str | None]:
-    return lambda v: None if v is None else rule(v)
-
-
-# The training rules, one per TrainConfig setting that has one: `TrainConfig.validate` (odyssey train, every
-# trial) and the study spec's check at `study create` (every fixed value and range end) both apply these.
-_RULES: dict[str, Callable[[Any], str | None]] = {
-    "init": _one_of(INIT_SCHEMES),
-    "optimizer": _one_of(OPTIMIZERS),
-    "hidden_size": _at_least_one,
-    "learning_rate": _positive,
-    "momentum": lambda v: None if 0 <= v < 1 else f"must be in [0, 1), got {v}",
-    "forget_bias": lambda v: None if math.isfinite(v) else f"must be finite, got {v}",
-    "input_noise": lambda v: None if 0 <= v < math.inf else f"must be >= 0, got {v}",
-    "num_layers": _at_least_one,
-    "batch_size": _at_least_one,
-    "max_epochs": _at_least_one,
-    "patience": _at_least_one,
-    "clip": _optional(_positive),
-    "init_scale": _positive,
-    "bptt": _optional(_at_least_one),
-    "embedding_size": _optional(_at_least_one),
-    "eval_batch_size": _optional(_at_least_one),
-}
-
-
-def setting_problem(name: str, value: Any) -> str | None:
-    """What is wrong with ``value`` for the TrainConfig setting ``name`` ("must be >= 1, got 0"), or None.
-
-    The one rule set for training settings: `TrainConfig.validate` and `sweep.spec` (each fixed value and
-    range end of a study spec) both call it. A setting without a rule (seed, device) is always accepted here.
-    """
-    rule = _RULES.get(name)
-    return None if rule is None else rule(value)
 
 
 @dataclass
@@ -188,7 +100,8 @@ def build_model(config: TrainConfig, dataset: Dataset) -> SequenceModel:
 
 
 def make_optimizer(config: TrainConfig, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    """SGD with Nesterov momentum (step scaled by 1 - momentum) or Adam (beta1 = momentum)."""
+    """The optimizer named by `config.optimizer` (sweep.core.settings.OPTIMIZERS): SGD with Nesterov
+    momentum (step scaled by 1 - momentum) or Adam (beta1 = momentum)."""
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=config.learning_rate, betas=(config.momentum, 0.999))
     return torch.optim.SGD(
@@ -309,7 +222,6 @@ def train(
     `on_progress(steps_done, steps_total)` is called after every update, counting training steps
     (frames/tokens) of the current epoch. The same seed gives the same numbers on the CPU.
     """
-    config.validate()
     kernels.load()  # a first use builds the C++ kernels: before the clock starts, as build is not training
     started = time.perf_counter()
     run = _Run(config, dataset, on_progress)

@@ -771,7 +771,8 @@ def test_custom_variants_join_the_papers_nine_and_train() -> None:
     switches = spec.custom_variants["NIG-NOG"]
     assert switches == LSTMSpec(input_gate=False, output_gate=False).switches()  # stored in full
     assert parse_spec(spec.normalised(), stored=True) == spec
-    model = SequenceModel(TrainConfig("NIG-NOG", 4, 0.1, switches=switches).cell(), M, N, 2)
+    config = TrainConfig(variant="NIG-NOG", hidden_size=4, learning_rate=0.1, switches=switches)
+    model = SequenceModel(config.cell(), M, N, 2)
     assert "NIG-NOG (custom LSTM variant)" in str(model) and "input_gate=False" in str(model)
     assert model.recurrent.layers[0].spec.gates == ("f", "z")
 

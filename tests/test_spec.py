@@ -99,6 +99,10 @@ def test_normalised_form_round_trips() -> None:
          "space.momentum.hihg is not a known field (did you mean high?)"),
         ({"training": {"max_epoch": 5}},
          "training.max_epoch is not a known field (did you mean max_epochs?)"),
+        # the table's key names a space entry (a Param's `name` is never stored)
+        ({"space": {"momentum": {"name": "m", "high": 0.9}}}, "space.momentum.name is not a known field"),
+        ({"training": {"max_epochs": "x"}}, "training.max_epochs must be a whole number, got 'x'"),
+        ({"metric": "accuracy"}, "metric 'accuracy' is not one of the synthetic dataset's (mse)"),
     ],
 )
 def test_invalid_specs_name_the_field(change: dict[str, object], expected: str) -> None:
@@ -117,11 +121,11 @@ def test_misspelt_key_is_named_with_the_nearest_known_one() -> None:
 
 
 def test_training_rules_are_the_ones_odyssey_train_applies() -> None:
-    # One rule set: the spec's message is TrainConfig.validate's, located in the spec.
+    # One rule set: the spec's message is TrainConfig's, located in the spec.
     from sweep.training import TrainConfig
 
     with pytest.raises(OdysseyError) as train_error:
-        TrainConfig("V", 10, 1e-3, input_noise=-0.5).validate()
+        TrainConfig(variant="V", hidden_size=10, learning_rate=1e-3, input_noise=-0.5)
     spec_error = _error(_spec(space={"input_noise": {"value": -0.5}}))
     assert str(train_error.value) == "input_noise must be >= 0, got -0.5"
     assert spec_error == "spec x.toml: space.input_noise.value must be >= 0, got -0.5"

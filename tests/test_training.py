@@ -269,7 +269,8 @@ def test_runs_on_cuda(synthetic):
 
 def test_short_jsb_run_beats_the_frequency_baseline():
     data = load_dataset("jsb")
-    config = TrainConfig("V", 100, 1e-2, optimizer="adam", batch_size=4, max_epochs=5, patience=5)
+    config = TrainConfig(variant="V", hidden_size=100, learning_rate=1e-2, optimizer="adam", batch_size=4,
+                         max_epochs=5, patience=5)
     result = train(config, data)
     baseline = frequency_baseline(data)
     assert 10.0 < baseline < 12.0  # predicting each pitch's training frequency: about 11.1 nats a frame

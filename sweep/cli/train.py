@@ -1,8 +1,13 @@
-"""`odyssey train`: train one configuration on one dataset and print its metrics epoch by epoch."""
+"""`odyssey train`: train one configuration on one dataset and print its metrics epoch by epoch.
+
+Its options are generated from the training-settings model (`sweep.core.settings.TrainConfig`) and the
+dataset registry (`sweep.data.registry`): a setting added there is an option here, with its help and default.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -10,73 +15,63 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from sweep.core.errors import ConfigError
-from sweep.core.variants import VARIANTS
+from sweep.core.settings import TrainConfig, settings
+from sweep.data.registry import DATASETS
 
 if TYPE_CHECKING:
     from sweep.training import EpochReport
 
-# Datasets without a bundled copy: what --data must point at.
-_DATA_NEEDED = {"ptb": "a directory holding ptb.train/valid/test.txt", "char": "a UTF-8 text file"}
+_CLICK_TYPES: dict[type, Any] = {int: int, float: float, str: str}
+
+
+def setting_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """One option per training setting of `TrainConfig` (sweep.core.settings.settings()): its flag, value
+    type (a choice lists the registry's names), default and help text all come from the model. The values
+    reach the command as keywords named after the settings."""
+    for setting in reversed(list(settings())):
+        if setting.flag is None:
+            continue
+        kind = click.Choice(setting.choices) if setting.choices else _CLICK_TYPES[setting.type]
+        show = setting.default is not None
+        command = click.option(setting.flag, setting.name, type=kind, default=setting.default,
+                               show_default=show, help=setting.help)(command)
+    return command
+
+
+def _data_help() -> str:
+    needs = "; ".join(f"{d.name}: {d.path}" for d in DATASETS.values() if d.path is not None)
+    return f"The dataset's data path ({needs})."
 
 
 @click.command()
 @click.option(
-    "--dataset", "dataset_name", default="jsb", show_default=True, help="jsb, ptb, char or synthetic."
+    "--dataset", "dataset_name", default="jsb", show_default=True, help=f"Dataset: {', '.join(DATASETS)}."
 )
-@click.option("--data", "data_path", default=None, help="Data path: ptb directory, char text file, jsb JSON.")
-@click.option(
-    "--variant", default="V", show_default=True, help=f"Cell variant: {', '.join(VARIANTS)}."
-)
-@click.option(
-    "--lr",
-    "learning_rate",
-    type=float,
-    default=1e-3,
-    show_default=True,
-    help="Learning rate (SGD steps by lr * (1 - momentum)).",
-)
-@click.option("--hidden", "hidden_size", type=int, default=100, show_default=True, help="Cells per layer.")
-@click.option("--layers", "num_layers", type=int, default=1, show_default=True, help="Recurrent layers.")
-@click.option("--forget-bias", type=float, default=1.0, show_default=True, help="Initial forget-gate bias.")
-@click.option("--momentum", type=float, default=0.9, show_default=True, help="SGD momentum / Adam beta1.")
-@click.option("--noise", "input_noise", type=float, default=0.0, show_default=True, help="Input noise std.")
-@click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default="sgd", show_default=True)
-@click.option("--epochs", "max_epochs", type=int, default=150, show_default=True, help="Maximum epochs.")
-@click.option("--patience", type=int, default=15, show_default=True, help="Epochs without improvement.")
-@click.option(
-    "--batch-size", type=int, default=1, show_default=True, help="Sequences (or streams) per batch."
-)
-@click.option("--clip", type=float, default=None, help="Clip the gradient norm to this value.")
-@click.option("--bptt", type=int, default=None, help="Truncated-BPTT window (default: the dataset's).")
-@click.option(
-    "--init", type=click.Choice(["normal", "uniform", "xavier"]), default="normal", show_default=True
-)
-@click.option("--init-scale", type=float, default=0.1, show_default=True, help="Std of the normal init.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--data", "data_path", default=None, help=_data_help())
+@setting_options
 @click.option(
     "--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch (default: torch's)."
 )
-def train(dataset_name: str, data_path: str | None, threads: int | None, **settings: object) -> None:
+def train(dataset_name: str, data_path: str | None, threads: int | None, **values: Any) -> None:
     """Train one network and report the validation and test metric after every epoch."""
     import torch
 
     from sweep.data.base import load_dataset
     from sweep.objective import prepare_kernels
-    from sweep.training import TrainConfig, resolve_device
+    from sweep.training import resolve_device
     from sweep.training import train as run_training
 
     if threads is not None:
         # Small recurrent nets are often fastest on one thread, and spinning threads slow a shared machine.
         torch.set_num_threads(threads)
 
-    config = TrainConfig(**settings)  # type: ignore[arg-type]  # click has checked the types
-    config.validate()
+    config = TrainConfig(**values)  # checks every setting (click has converted the types)
     resolve_device(config.device)  # fail before loading data
-    if data_path is not None and dataset_name == "synthetic":
-        raise ConfigError("synthetic: takes no --data")
-    if data_path is None and dataset_name in _DATA_NEEDED:
-        raise ConfigError(f"{dataset_name}: --data is required ({_DATA_NEEDED[dataset_name]})")
+    entry = DATASETS.get(dataset_name)
+    if entry is not None and data_path is not None and entry.path is None:
+        raise ConfigError(f"{dataset_name}: takes no --data")
+    if entry is not None and data_path is None and entry.path_required:
+        raise ConfigError(f"{dataset_name}: --data is required ({entry.path})")
     dataset = load_dataset(dataset_name, path=data_path)
     prepare_kernels()
     console = Console()

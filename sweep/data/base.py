@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sweep.core.errors import ConfigError
+from sweep.data.registry import DATASETS
 
 LN2 = math.log(2.0)
 
@@ -158,15 +159,14 @@ class StreamSplit(Split):
 class Dataset(ABC):
     """A dataset: three splits, the model's input/output sizes, the training loss and the metrics.
 
-    `metric` is the primary metric (lower is better); `metrics` lists every metric, primary first.
+    `name` is its name in the dataset registry (sweep.data.registry), which names its metrics: `metric` is
+    the primary one (lower is better), `metrics` every one, primary first (the keys of `summarize`).
     Token datasets set `vocab_size` (the model then starts with an embedding) and `default_bptt`.
     """
 
     name: str
     input_size: int
     output_size: int
-    metric: str
-    metrics: tuple[str, ...]
     vocab_size: int | None = None
     default_bptt: int | None = None
     eval_batch_size: int = 64
@@ -174,6 +174,16 @@ class Dataset(ABC):
 
     def __init__(self, train: Split, valid: Split, test: Split):
         self.train, self.valid, self.test = train, valid, test
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """Every metric `summarize` reports, the primary one first (from the dataset registry)."""
+        return DATASETS[self.name].metrics
+
+    @property
+    def metric(self) -> str:
+        """The primary metric: what early stopping and a study's default objective watch."""
+        return DATASETS[self.name].metric
 
     def split(self, name: str) -> Split:
         """The split called `name` (train, valid or test)."""
@@ -213,9 +223,6 @@ class Dataset(ABC):
 class BernoulliDataset(Dataset):
     """Multi-label frames (piano rolls): a sigmoid per output; loss = Bernoulli NLL summed over outputs."""
 
-    metric = "nll"
-    metrics: tuple[str, ...] = ("nll",)
-
     def step_losses(self, outputs: Tensor, targets: Tensor) -> Tensor:
         return F.binary_cross_entropy_with_logits(outputs, targets, reduction="none").sum(-1)
 
@@ -226,8 +233,6 @@ class BernoulliDataset(Dataset):
 class TokenDataset(Dataset):
     """Next-token prediction over a vocabulary: softmax outputs; loss = cross-entropy in nats."""
 
-    metric = "perplexity"
-    metrics: tuple[str, ...] = ("perplexity", "nll")
     eval_batch_size = 10
 
     def __init__(self, train: Split, valid: Split, test: Split, vocab: list[str]):
@@ -248,17 +253,9 @@ def _exp(x: float) -> float:
     return math.exp(x) if x < 709.0 else math.inf
 
 
-# name -> "module:function"; loaders are imported on demand so one dataset's code never slows another.
-LOADERS: dict[str, str] = {
-    "jsb": "sweep.data.music:load_jsb",
-    "ptb": "sweep.data.text:load_ptb",
-    "char": "sweep.data.text:load_char",
-    "synthetic": "sweep.data.synthetic:load_synthetic",
-}
-
-
 def load_dataset(name: str, **options: Any) -> Dataset:
-    """Load dataset `name` (jsb, ptb, char, synthetic) with its options (e.g. `path`).
+    """Load the registered dataset `name` (sweep.data.registry: jsb, ptb, char, synthetic) with its options
+    (e.g. `path`; None values are left out).
 
     Unknown names, unknown options and missing or malformed files raise `OdysseyError`.
     """
@@ -266,10 +263,10 @@ def load_dataset(name: str, **options: Any) -> Dataset:
     import inspect
 
     options = {key: value for key, value in options.items() if value is not None}
-    target = LOADERS.get(name)
-    if target is None:
-        raise ConfigError(f"unknown dataset {name!r}; known datasets: {', '.join(LOADERS)}")
-    module_name, attr = target.split(":")
+    entry = DATASETS.get(name)
+    if entry is None:
+        raise ConfigError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
+    module_name, attr = entry.loader.split(":")
     loader: Callable[..., Dataset] = getattr(importlib.import_module(module_name), attr)
     accepted = set(inspect.signature(loader).parameters)
     unknown = sorted(set(options) - accepted)

@@ -24,8 +24,6 @@ class WordDataset(TokenDataset):
 class CharDataset(TokenDataset):
     """Character-level language model; metric `bpc` = mean NLL per character / ln 2 (bits per character)."""
 
-    metric = "bpc"
-    metrics = ("bpc", "perplexity", "nll")
     default_bptt = 100
 
     def summarize(self, mean_loss: float) -> dict[str, float]:

@@ -11,16 +11,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sweep.core.errors import ConfigError
-
-INIT_SCHEMES = ("normal", "uniform", "xavier")
+from sweep.core.settings import INIT_SCHEMES, setting_problem
 
 
 def check_init(init: str, init_scale: float) -> None:
     """Raise OdysseyError for an unknown init scheme or a non-positive normal scale."""
     if init not in INIT_SCHEMES:
         raise ConfigError(f"unknown init scheme {init!r}; expected one of {', '.join(INIT_SCHEMES)}")
-    if not (init_scale > 0 and math.isfinite(init_scale)):
-        raise ConfigError(f"init_scale must be a positive number, got {init_scale!r}")
+    problem = setting_problem("init_scale", init_scale)
+    if problem is not None:
+        raise ConfigError(f"init_scale {problem}")
 
 
 @torch.no_grad()
