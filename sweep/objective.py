@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sweep.core.errors import ConfigError
+from sweep.core.states import ResultState
 from sweep.spec import StudySpec
 
 if TYPE_CHECKING:  # the recorder pulls in the storage layer: only a worker's contexts carry one
@@ -82,7 +83,7 @@ class TrialContext:
 class Outcome:
     """A finished trial: its state, the value Optuna gets (None: nothing finite) and the result fields."""
 
-    state: str  # "complete" | "diverged"
+    state: str  # ResultState.COMPLETE | ResultState.DIVERGED (a custom objective may give the strings)
     value: float | None
     result: dict[str, Any]
 
@@ -94,7 +95,7 @@ def noop_objective(ctx: TrialContext) -> Outcome:
     """Return at once with a value computed from the parameters (for tests and benchmarks)."""
     ctx.check_stop()
     value = _toy_value(ctx.params)
-    return Outcome("complete", value, _toy_result(value, 0.0))
+    return Outcome(ResultState.COMPLETE, value, _toy_result(value, 0.0))
 
 
 def make_sleep_objective(seconds: float) -> Objective:
@@ -104,7 +105,7 @@ def make_sleep_objective(seconds: float) -> Objective:
         if ctx.stop.wait(seconds):
             raise TrialInterrupted()
         value = _toy_value(ctx.params)
-        return Outcome("complete", value, _toy_result(value, seconds))
+        return Outcome(ResultState.COMPLETE, value, _toy_result(value, seconds))
 
     return sleep_objective
 
@@ -187,7 +188,7 @@ def train_objective(ctx: TrialContext) -> Outcome:
         "final_test": run.final_test, "best_epoch": run.best_epoch, "epochs": run.epochs,
         "seconds": run.seconds, "n_params": run.n_params,
     }
-    return Outcome("diverged" if run.status == "diverged" else "complete", value, result)
+    return Outcome(ResultState(run.status), value, result)  # training ends complete or diverged
 
 
 def objective_name(name: str | None = None) -> str:

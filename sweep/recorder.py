@@ -23,6 +23,7 @@ from typing import Any
 
 from storage import results
 from storage.engine import with_retry
+from sweep.core.states import ResultState
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class TrialRecorder:
     """Records one attempt (Optuna trial `trial_number`, id `trial_id`) of slot `slot` of study `study`.
 
     `storage` is the caller's Optuna storage on `url` (the worker's: no second connection pool). Every
-    method retries a database outage within the retry budget, then raises OdysseyError.
+    method retries a database outage within the retry budget, then raises StorageError.
     """
 
     url: str
@@ -76,7 +77,7 @@ class TrialRecorder:
         """Record the slot as failed with error `reason` (lost too many times). Not tied to the attempt:
         the caller holds the study lock with this trial RUNNING, and the row may not name the attempt yet
         (a designed trial claimed, then lost before its start was recorded)."""
-        results.record_trial_finished(self.url, self.study, self.slot, "failed", {"error": reason})
+        results.record_trial_finished(self.url, self.study, self.slot, ResultState.FAILED, {"error": reason})
 
     def requeued(self, new_trial_number: int) -> None:
         """The attempt was re-queued as WAITING trial `new_trial_number`: the row goes back to `waiting`

@@ -20,6 +20,7 @@ import torch
 
 from sweep.core.errors import ConfigError
 from sweep.core.settings import TrainConfig
+from sweep.core.states import ResultState
 from sweep.data.base import Batch, Dataset
 from sweep.nn import kernels
 from sweep.nn.cells import State, detach_state
@@ -45,7 +46,7 @@ class EpochReport:
 class TrainResult:
     """Outcome of a run; `best_*` are at the epoch with the best validation metric."""
 
-    status: str  # "complete" | "diverged"
+    status: str  # ResultState.COMPLETE | ResultState.DIVERGED
     best_epoch: int
     epochs: int
     seconds: float
@@ -227,13 +228,13 @@ def train(
     run = _Run(config, dataset, on_progress)
     history: list[EpochReport] = []
     best: EpochReport | None = None
-    stale, status = 0, "complete"
+    stale, status = 0, ResultState.COMPLETE
     for epoch in range(1, config.max_epochs + 1):
         t0 = time.perf_counter()
         try:
             entry = run.report(epoch, run.epoch(), t0)
         except Diverged:
-            status = "diverged"
+            status = ResultState.DIVERGED
             if not history:
                 # Nothing finite to report yet: report the untrained model as epoch 0 (whose metrics are
                 # finite unless the initialisation itself is broken, e.g. an enormous init_scale); its

@@ -39,6 +39,7 @@ from storage.engine import with_retry
 from storage.failpoints import failpoint
 from storage.urls import resolve_url
 from sweep.core.errors import OdysseyError, StorageError
+from sweep.core.states import ResultState
 from sweep.objective import Objective, Outcome, TrialContext, TrialInterrupted, resolve_objective
 from sweep.recorder import TrialRecorder
 from sweep.spec import StudySpec
@@ -388,7 +389,7 @@ class Worker:
     def _finish(self, recorder: TrialRecorder, frozen: FrozenTrial, outcome: Outcome, seconds: float) -> None:
         slot = recorder.slot
         result = dict(outcome.result)
-        result["diverged"] = outcome.state == "diverged"
+        result["diverged"] = outcome.state == ResultState.DIVERGED
         # Results first: a crash before the Optuna tell leaves a stale trial that is simply re-run. The
         # write is refused when this attempt no longer holds the trial (judged lost and re-queued).
         if not recorder.finished(outcome.state, result):
@@ -397,7 +398,7 @@ class Worker:
         failpoint("finish.before-tell")
         value = outcome.value
         if value is not None and math.isfinite(value):
-            if outcome.state == "diverged":
+            if outcome.state == ResultState.DIVERGED:
                 with_retry(lambda: self.storage.set_trial_user_attr(frozen._trial_id, DIVERGED_ATTR, True),
                            self.url)
             self._tell(frozen, TrialState.COMPLETE, float(value))
@@ -418,7 +419,7 @@ class Worker:
         if not isinstance(exc, OdysseyError):
             message = f"{type(exc).__name__}: {message}"
             log.exception("%strial %d slot %d raised", self._prefix, frozen.number, slot)
-        if not recorder.finished("failed", {"error": message}):
+        if not recorder.finished(ResultState.FAILED, {"error": message}):
             self._discard(frozen, slot)  # not this attempt's to record: the copy runs the slot again
             return
         self._mark_final(frozen, message)
