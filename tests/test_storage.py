@@ -63,6 +63,10 @@ def test_postgres_spellings_normalise_to_psycopg(raw: str) -> None:
     ("not a url :: hunter2", "invalid storage URL"),
     ("postgresql://u:hunter2@host:5432", "names no database"),
     ("sqlite://u:hunter2@host/x.db", "invalid SQLite URL"),
+    # user-info that no well-formed scheme introduces: make_url refuses it, the message must not echo it
+    ("u:hunter2@host:5432/db", "invalid storage URL"),
+    ("postgresql:/u:hunter2@127.0.0.1:1/x", "invalid storage URL"),
+    ("postgresql:u:hunter2@127.0.0.1/x", "invalid storage URL"),
 ])
 def test_bad_urls_raise_one_line_masked_errors(raw: str, fragment: str) -> None:
     with pytest.raises(OdysseyError) as info:
