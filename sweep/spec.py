@@ -165,6 +165,11 @@ class StudySpec(_Model):
             known = ", ".join(sorted(dataset.metrics))
             raise SpecFieldError("metric", f"{self.metric!r} is not one of the {dataset.name} dataset's "
                                            f"({known})")
+        if fresh and self.direction == "maximize":
+            # Every registered metric is a loss (sweep.data.registry): maximising it would make Optuna, the
+            # samplers and the report rank the worst trials best while early stopping still minimises.
+            raise SpecFieldError("direction", f"'maximize' contradicts the metric {self.metric!r}: every "
+                                              f"metric of the {dataset.name} dataset is lower-is-better")
         if dataset.path_required and "path" not in self.dataset.options:
             raise SpecFieldError("dataset.path", f"is required for the {self.dataset.name!r} dataset")
         return self

@@ -103,6 +103,8 @@ def test_normalised_form_round_trips() -> None:
         ({"space": {"momentum": {"name": "m", "high": 0.9}}}, "space.momentum.name is not a known field"),
         ({"training": {"max_epochs": "x"}}, "training.max_epochs must be a whole number, got 'x'"),
         ({"metric": "accuracy"}, "metric 'accuracy' is not one of the synthetic dataset's (mse)"),
+        ({"direction": "maximize"}, "direction 'maximize' contradicts the metric 'mse': every metric of the "
+                                    "synthetic dataset is lower-is-better"),
     ],
 )
 def test_invalid_specs_name_the_field(change: dict[str, object], expected: str) -> None:
