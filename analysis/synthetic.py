@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from storage.results import EPOCH_COLUMNS, TRIAL_HEAD, TRIAL_TAIL, StudyData
+from sweep.core.space import Param, default_space
 from sweep.core.states import SCORED_STATES, ResultState
 from sweep.core.variants import resolve
 
@@ -34,13 +35,9 @@ def default_spec(name: str, variants: Sequence[str], trials_per_variant: int) ->
         "name": name,
         "dataset": {"name": "synthetic"},
         "variants": list(variants),
-        "space": {
-            "learning_rate": {"type": "float", "scale": "log", "low": 1e-6, "high": 1e-2, "value": None},
-            "hidden_size": {"type": "int", "scale": "log", "low": 20, "high": 200, "value": None},
-            "momentum": {"type": "float", "scale": "log1m", "low": 0.0, "high": 0.99, "value": None},
-            "input_noise": {"type": "float", "scale": "linear", "low": 0.0, "high": 1.0, "value": None},
-            "forget_bias": {"type": "float", "scale": "linear", "low": None, "high": None, "value": 1.0},
-        },
+        # the paper's space, the forget-gate bias held at 1 (as the synthetic scores ignore it)
+        "space": {**{key: param.model_dump() for key, param in default_space().items()},
+                  "forget_bias": Param(type="float", value=1.0).model_dump()},
         "trials_per_variant": trials_per_variant,
         "design": "random",
         "seed": 0,

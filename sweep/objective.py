@@ -28,6 +28,8 @@ from sweep.core.errors import ConfigError
 from sweep.core.states import ResultState
 from sweep.spec import StudySpec
 
+log = logging.getLogger(f"odyssey.{__name__}")
+
 if TYPE_CHECKING:  # the recorder pulls in the storage layer: only a worker's contexts carry one
     from sweep.recorder import TrialRecorder
 
@@ -145,18 +147,6 @@ def train_config(ctx: TrialContext) -> Any:
     return TrainConfig(variant=ctx.variant, switches=switches, seed=ctx.seed, device=ctx.device, **settings)
 
 
-def name_metric(study: Any, metric: str) -> None:
-    """Name the study's objective value after the spec's metric (optuna-dashboard shows it instead of
-    "Objective 0"); Optuna marks `set_metric_names` experimental, which is no news to a user."""
-    import warnings
-
-    import optuna
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names([metric])
-
-
 def train_objective(ctx: TrialContext) -> Outcome:
     """Train the trial's network, recording every epoch; returns the best validation metric."""
     from sweep.training import train
@@ -200,13 +190,13 @@ def prepare_kernels(objective: str | None = None) -> None:
     """Load the C++ kernels, compiling them first if this machine has no build (announced on stderr with
     its elapsed time); `odyssey run`, `worker` and `train` call this before they start anything, so that no
     trial's time includes the build. The test objectives (`noop`, `sleep:SECONDS`) train nothing: skipped.
-    Loaded kernels are logged (INFO, logger `odyssey.kernels`) in the words of `odyssey kernels`, so that a
+    Loaded kernels are logged (INFO) in the words of `odyssey kernels`, so that a
     worker's log shows which kernels its trials run on."""
     from sweep.nn import kernels
 
     name = objective_name(objective)
     if name != "noop" and not name.startswith("sleep:") and kernels.load() is not None:
-        logging.getLogger("odyssey.kernels").info("C++ kernels: loaded (%s)", kernels.status().path)
+        log.info("C++ kernels: loaded (%s)", kernels.status().path)
 
 
 def resolve_objective(name: str | None = None) -> Objective:

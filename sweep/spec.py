@@ -31,24 +31,13 @@ from pydantic import (
 
 from sweep.core.errors import ConfigError, OdysseyError
 from sweep.core.settings import SEARCHABLE, TrainingSettings, describe_error, setting_problem
-from sweep.core.space import Param, SpecFieldError
+from sweep.core.space import Param, SpecFieldError, default_space
 from sweep.core.variants import GREFF_VARIANTS, VARIANTS, custom_variant
 from sweep.data.registry import DATASETS
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def default_space() -> dict[str, Param]:
-    """The paper's search space plus the forget-gate bias."""
-    return {
-        "learning_rate": Param(name="learning_rate", type="float", scale="log", low=1e-6, high=1e-2),
-        "hidden_size": Param(name="hidden_size", type="int", scale="log", low=20, high=200),
-        "momentum": Param(name="momentum", type="float", scale="log1m", low=0.0, high=0.99),
-        "input_noise": Param(name="input_noise", type="float", scale="linear", low=0.0, high=1.0),
-        "forget_bias": Param(name="forget_bias", type="float", scale="linear", low=0.0, high=5.0),
-    }
 
 
 class DatasetSpec(_Model):

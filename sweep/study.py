@@ -10,6 +10,7 @@ trains on the same points with the same seeds (a paired design).
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +27,6 @@ from storage.locks import named_lock
 from sweep.core.errors import OdysseyError, StorageError
 from sweep.core.states import PENDING_STATES, SCORED_STATES, ResultState
 from sweep.core.text import plural
-from sweep.objective import name_metric
 from sweep.recorder import TrialRecorder
 from sweep.spec import StudySpec, design_points, parse_spec
 
@@ -147,6 +147,14 @@ def _spec_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = ""
         elif a != b:
             diffs.append(f"{prefix}{key}")
     return diffs
+
+
+def name_metric(study: Any, metric: str) -> None:
+    """Name the study's objective value after the spec's metric (optuna-dashboard shows it instead of
+    "Objective 0"); Optuna marks `set_metric_names` experimental, which is no news to a user."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([metric])
 
 
 def check_dataset(spec: StudySpec) -> None:

@@ -22,7 +22,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sweep.core.errors import ConfigError
 
 SCALES: tuple[str, ...] = ("linear", "log", "log1m")
-TYPES: tuple[str, ...] = ("float", "int")
 
 
 class SpecFieldError(ConfigError):
@@ -139,3 +138,16 @@ class Param(BaseModel):
         if self.scale == "log1m":
             return f"log10(1 - {self.name})"
         return self.name
+
+
+def default_space() -> dict[str, Param]:
+    """The search space of Greff et al. (Section 4: learning rate log-uniform in [1e-6, 1e-2], hidden size
+    log-uniform in [20, 200], momentum 1 - log-uniform in [0.01, 1], input noise in [0, 1]) plus the
+    forget-gate bias in [0, 5]: a spec's space when it names none, and the one its entries override."""
+    return {
+        "learning_rate": Param(name="learning_rate", type="float", scale="log", low=1e-6, high=1e-2),
+        "hidden_size": Param(name="hidden_size", type="int", scale="log", low=20, high=200),
+        "momentum": Param(name="momentum", type="float", scale="log1m", low=0.0, high=0.99),
+        "input_noise": Param(name="input_noise", type="float", scale="linear", low=0.0, high=1.0),
+        "forget_bias": Param(name="forget_bias", type="float", scale="linear", low=0.0, high=5.0),
+    }

@@ -1,6 +1,6 @@
 """Recurrent layers for every variant of the study: Greff et al.'s nine LSTMs, GRU and the pseudo LSTM.
 
-`make_recurrent` builds a stack of layers of one variant; equations in /work/shared/docs/variants.md and the
+`make_recurrent` builds a stack of layers of one variant; equations in docs/variants.md and in the
 modules `sweep.nn.lstm` (V and its eight variants), `sweep.nn.gru`, `sweep.nn.pseudo`.
 
 A state is a tuple of tensors shaped (num_layers, B, K), opaque to callers: (h, c) for the LSTM family,
