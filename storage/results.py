@@ -45,10 +45,7 @@ RESULT_FIELDS = (
 )
 _INT_RESULTS = {"best_epoch", "epochs", "n_params"}
 TRIAL_HEAD = ["study", "slot", "trial_number", "variant", "dataset", "state", "diverged"]
-TRIAL_TAIL = [
-    "best_valid", "best_test", "final_valid", "final_test", "best_epoch", "epochs", "seconds", "n_params",
-    "host", "device", "seed", "started_at", "finished_at", "attempts", "error",
-]
+TRIAL_TAIL = [*RESULT_FIELDS, "host", "device", "seed", "started_at", "finished_at", "attempts", "error"]
 EPOCH_COLUMNS = [
     "study", "slot", "trial_number", "variant", "epoch",
     "train_loss", "valid_metric", "test_metric", "seconds",

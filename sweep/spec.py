@@ -228,7 +228,12 @@ def _format_error(source: str, exc: ValidationError) -> str:
         field = original.field if original.field.count(".") or not loc else f"{loc}.{original.field}"
         return f"spec {source}: {field} {original.message}"
     if err["type"] == "extra_forbidden":
-        hint = _did_you_mean(str(err["loc"][-1]), _known_fields(tuple(err["loc"][:-1])))
+        key = str(err["loc"][-1])
+        if tuple(err["loc"][:-1]) == ("training",) and key in SEARCHABLE:
+            # a hyperparameter put among the shared settings: say where it goes
+            return (f"spec {source}: {loc} is a hyperparameter: set it in [space.{key}] "
+                    f"(value = ... to fix it, or low/high to search it)")
+        hint = _did_you_mean(key, _known_fields(tuple(err["loc"][:-1])))
         return f"spec {source}: {loc} is not a known field{hint}"
     if err["type"] == "missing":
         return f"spec {source}: {loc} is required"

@@ -99,6 +99,9 @@ def test_normalised_form_round_trips() -> None:
          "space.momentum.hihg is not a known field (did you mean high?)"),
         ({"training": {"max_epoch": 5}},
          "training.max_epoch is not a known field (did you mean max_epochs?)"),
+        ({"training": {"learning_rate": 0.1}},
+         "training.learning_rate is a hyperparameter: set it in [space.learning_rate] (value = ... "
+         "to fix it, or low/high to search it)"),
         # the table's key names a space entry (a Param's `name` is never stored)
         ({"space": {"momentum": {"name": "m", "high": 0.9}}}, "space.momentum.name is not a known field"),
         ({"training": {"max_epochs": "x"}}, "training.max_epochs must be a whole number, got 'x'"),

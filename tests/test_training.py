@@ -306,7 +306,9 @@ def test_cli_train_prints_epochs_and_summary(capsys):
         (["--variant", "XYZ", "--dataset", "synthetic"],
          "error: unknown variant 'XYZ'; expected one of V, NIG,"),
         (["--device", "cuda:77", "--dataset", "synthetic"], "error: device 'cuda:77'"),
-        (["--dataset", "synthetic", "--lr", "0"], "error: learning_rate must be a positive number"),
+        (["--dataset", "synthetic", "--lr", "0"], "error: --lr must be a positive number, got 0.0"),
+        (["--dataset", "synthetic", "--epochs", "0"], "error: --epochs must be >= 1, got 0"),
+        (["--dataset", "synthetic", "--momentum", "1"], "error: --momentum must be in [0, 1), got 1.0"),
     ],
 )
 def test_cli_user_errors_exit_1(capsys, args, message):

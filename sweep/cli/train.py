@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from sweep.core.errors import ConfigError
-from sweep.core.settings import TrainConfig, settings
+from sweep.core.settings import TrainConfig, setting_problem, settings
 from sweep.data.registry import DATASETS
 
 if TYPE_CHECKING:
@@ -65,7 +65,11 @@ def train(dataset_name: str, data_path: str | None, threads: int | None, **value
         # Small recurrent nets are often fastest on one thread, and spinning threads slow a shared machine.
         torch.set_num_threads(threads)
 
-    config = TrainConfig(**values)  # checks every setting (click has converted the types)
+    for setting in settings():  # the same rules as TrainConfig's, in the words of the option typed
+        problem = None if setting.flag is None else setting_problem(setting.name, values[setting.name])
+        if problem is not None:
+            raise ConfigError(f"{setting.flag} {problem}")
+    config = TrainConfig(**values)  # checks what is left: the variant (click has converted the types)
     resolve_device(config.device)  # fail before loading data
     entry = DATASETS.get(dataset_name)
     if entry is not None and data_path is not None and entry.path is None:
