@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import click
 
-from sweep.core.errors import OdysseyError
-
 # What the kernel names of `sweep.nn.base.KERNELS` stand for, per family where it matters.
 _KERNEL_NAMES = {
     "cpp": "C++ kernel",
@@ -60,5 +58,5 @@ def kernels(require: bool) -> None:
         click.echo(f"{name:<{width}}  " + "  ".join(f"{table[d][name]:<30}" for d in devices).rstrip())
     if not torch.cuda.is_available():
         click.echo("cuda: not available (torch sees no GPU)")
-    if require and not state.available:
-        raise OdysseyError(f"the C++ kernels could not be loaded: {state.reason}")
+    if require:
+        k.load(required=True)  # raises the one-line error when they did not load
