@@ -22,7 +22,7 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from sweep.core.errors import ConfigError
 from sweep.core.states import ResultState
@@ -38,6 +38,11 @@ ENV_VAR = "ODYSSEY_OBJECTIVE"
 
 class TrialInterrupted(Exception):
     """Raised inside a trial when the worker is asked to stop; the trial is re-queued."""
+
+
+class TrialDiscarded(Exception):
+    """Raised inside a trial whose attempt no longer owns its slot (`TrialContext.record_epoch` returned
+    False: judged lost and re-queued while it ran); the worker discards it, the copy runs the slot."""
 
 
 @dataclass
@@ -73,7 +78,8 @@ class TrialContext:
         value at step `epoch` (`value`, the study's metric, else `valid_metric`), as training does.
 
         Returns False when the write was refused because this attempt no longer owns its slot (it was
-        judged lost and re-queued: its result will be discarded). Raises RuntimeError on a context that
+        judged lost and re-queued: its result will be discarded, and the objective may stop at once by
+        raising TrialDiscarded; nothing was recorded then). Raises RuntimeError on a context that
         has no recorder (one not made by a worker), OdysseyError when the database stays unreachable."""
         if self.recorder is None:
             raise RuntimeError("this TrialContext has no recorder (only a worker's trials record epochs)")
@@ -81,11 +87,18 @@ class TrialContext:
                                    test_metric=test_metric, seconds=seconds, value=value)
 
 
+#: The states a trial's objective may end in (`sweep.core.states.SCORED_STATES`, or their strings): a
+#: trial that fails raises instead.
+ScoredState = Literal[ResultState.COMPLETE, ResultState.DIVERGED, "complete", "diverged"]
+
+
 @dataclass
 class Outcome:
-    """A finished trial: its state, the value Optuna gets (None: nothing finite) and the result fields."""
+    """A finished trial: its state, the value Optuna gets (None: nothing finite) and the result fields
+    (those of `storage.results.record_trial_finished`). The worker records any other return value, or an
+    Outcome with another state, as a failed trial (ConfigError naming the objective)."""
 
-    state: str  # ResultState.COMPLETE | ResultState.DIVERGED (a custom objective may give the strings)
+    state: ScoredState
     value: float | None
     result: dict[str, Any]
 
@@ -157,9 +170,10 @@ def train_objective(ctx: TrialContext) -> Outcome:
     def on_epoch(report: Any) -> None:
         # The study's own metric (a secondary metric of the dataset when the spec names one).
         value = report.valid_metric if metric == dataset.metric else report.metrics.get(f"valid_{metric}")
-        ctx.record_epoch(report.epoch, train_loss=report.train_loss, valid_metric=report.valid_metric,
-                         test_metric=report.test_metric, seconds=report.seconds,
-                         value=math.nan if value is None else value)
+        if not ctx.record_epoch(report.epoch, train_loss=report.train_loss, valid_metric=report.valid_metric,
+                                test_metric=report.test_metric, seconds=report.seconds,
+                                value=math.nan if value is None else value):
+            raise TrialDiscarded()  # another attempt runs this slot now: stop training for nothing
         ctx.check_stop()
 
     def on_progress(_done: int, _total: int) -> None:
@@ -178,7 +192,8 @@ def train_objective(ctx: TrialContext) -> Outcome:
         "final_test": run.final_test, "best_epoch": run.best_epoch, "epochs": run.epochs,
         "seconds": run.seconds, "n_params": run.n_params,
     }
-    return Outcome(ResultState(run.status), value, result)  # training ends complete or diverged
+    state: ScoredState = ResultState.DIVERGED if run.status == ResultState.DIVERGED else ResultState.COMPLETE
+    return Outcome(state, value, result)  # training ends complete or diverged
 
 
 def objective_name(name: str | None = None) -> str:

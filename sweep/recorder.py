@@ -9,9 +9,9 @@ Optuna storage (`BaseStorage.set_trial_intermediate_value`), as `optuna.Trial.re
 so optuna-dashboard draws each trial's learning curve.
 
 Writes tied to the attempt (`epoch`, `finished`) are refused (False) once the slot belongs to another
-attempt or Optuna no longer holds this one RUNNING (a zombie worker's late write); an intermediate value
-for a trial that Optuna has finished raises optuna's UpdateFinishedTrialError, which the worker takes as
-"this attempt was re-queued while it ran".
+attempt or Optuna no longer holds this one RUNNING (a zombie worker's late write; the training objective
+then stops with `TrialDiscarded`); an intermediate value for a trial that Optuna finished meanwhile raises
+optuna's UpdateFinishedTrialError. The worker takes either as "this attempt was re-queued while it ran".
 """
 
 from __future__ import annotations
@@ -58,14 +58,17 @@ class TrialRecorder:
         """Record epoch `epoch` (1, 2, ...; 0 is the untrained model) of this attempt: a row of the epochs
         table (non-finite numbers stored as NULL), then Optuna's intermediate value at step `epoch`:
         `value`, the study's metric, else `valid_metric` (NaN when neither is given). Returns False when
-        the results write was refused (the slot belongs to another attempt)."""
+        the results write was refused (the slot belongs to another attempt): then no intermediate value is
+        reported either."""
         kept = results.record_epoch(self.url, self.study, self.slot, epoch, train_loss, valid_metric,
                                     test_metric, seconds, trial_number=self.trial_number)
+        if not kept:
+            return False
         reported = value if value is not None else valid_metric
         step, number = int(epoch), math.nan if reported is None else float(reported)
         with_retry(lambda: self.storage.set_trial_intermediate_value(self.trial_id, step, number), self.url,
                    what="report an intermediate value")
-        return kept
+        return True
 
     def finished(self, state: str, result: Mapping[str, Any]) -> bool:
         """Record the attempt's outcome (`state`: complete, failed or diverged; `result`: the fields of

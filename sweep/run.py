@@ -14,6 +14,7 @@ import logging
 import multiprocessing as mp
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,9 +27,11 @@ from storage.urls import mask_url, resolve_url
 from sweep.core.errors import ConfigError, OdysseyError
 from sweep.core.states import ENDED_STATES, ResultState
 from sweep.core.text import plural
+from sweep.objective import resolve_objective
 from sweep.spec import StudySpec, load_spec
 from sweep.study import create_study
 from sweep.worker import WorkerConfig, resolve_devices
+from sweep.worker.config import GRACE_PERIOD, HEARTBEAT_INTERVAL, POLL_INTERVAL
 from sweep.worker.supervision import die_with_parent
 
 log = logging.getLogger(f"odyssey.{__name__}")
@@ -89,12 +92,25 @@ def _supervise(config: WorkerConfig, devices: list[str], jobs: int, log_level: i
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(message)s")
     from sweep.worker import run_workers
 
-    raise SystemExit(run_workers(config, devices, jobs))
+    try:
+        code = run_workers(config, devices, jobs)
+    except OdysseyError as exc:  # one slot runs here: a user error is one line, as from a spawned slot
+        log.error("error: %s", exc)
+        raise SystemExit(1) from None
+    raise SystemExit(code)
+
+
+def _on_main_thread() -> bool:
+    # signal.signal works only there: called from another thread, run_local leaves signals alone.
+    return threading.current_thread() is threading.main_thread()
 
 
 def _start_supervisor(config: WorkerConfig, devices: list[str], jobs: int) -> mp.process.BaseProcess:
     ctx = mp.get_context("spawn")
     proc = ctx.Process(target=_supervise, args=(config, devices, jobs, logging.WARNING), daemon=False)
+    if not _on_main_thread():
+        proc.start()
+        return proc
     # Block SIGINT while the child starts so that it inherits "ignore" and only our SIGTERM stops it.
     old = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
@@ -106,25 +122,21 @@ def _start_supervisor(config: WorkerConfig, devices: list[str], jobs: int) -> mp
 
 def _run_study(
     spec: StudySpec,
-    url: str,
+    config: WorkerConfig,
     workers: int,
     devices: list[str],
     on_progress: Callable[[Progress], None],
     poll: float = 1.0,
-    heartbeat_interval: int = 10,
-    grace_period: int = 60,
-    objective: str | None = None,
 ) -> Progress:
-    """Run `workers` (at least 1) local workers on the existing study of `spec` until it is done or
-    Ctrl-C; returns the last look at the study (done when its `finished` reaches its `total`).
+    """Run `workers` (at least 1) local workers with `config` on the existing study of `spec` until it is
+    done or Ctrl-C; returns the last look at the study (done when its `finished` reaches its `total`).
 
     On Ctrl-C (KeyboardInterrupt) or any other error the workers are stopped cleanly (their trials
-    re-queued) before the exception propagates.
+    re-queued) before the exception propagates; this process's SIGINT handler is as it was.
     """
     # Exactly `workers` slots, spread over the devices in turn; run_workers sets the CPU threads.
     slots = [devices[i % len(devices)] for i in range(workers)]
-    config = WorkerConfig(url=url, study=spec.name, heartbeat_interval=heartbeat_interval,
-                          grace_period=grace_period, objective=objective, poll_interval=min(poll, 2.0))
+    url = config.url
     started = time.monotonic()
     before = read_progress(url, spec, started).finished
     proc = _start_supervisor(config, slots, 1)
@@ -136,11 +148,16 @@ def _run_study(
         # Whatever ended the loop (Ctrl-C, a database gone for longer than the retry budget, a bug in the
         # display), the workers re-queue their trials and stop before this process exits.
         if proc.is_alive():
-            # A second Ctrl-C during the clean stop must not orphan the workers' trials.
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            if proc.pid is not None:
-                os.kill(proc.pid, signal.SIGTERM)
-            proc.join()
+            # A second Ctrl-C during the clean stop must not orphan the workers' trials; the caller's
+            # handler comes back once they have stopped.
+            old = signal.signal(signal.SIGINT, signal.SIG_IGN) if _on_main_thread() else None
+            try:
+                if proc.pid is not None:
+                    os.kill(proc.pid, signal.SIGTERM)
+                proc.join()
+            finally:
+                if old is not None:
+                    signal.signal(signal.SIGINT, old)
     if proc.exitcode != 0:
         raise OdysseyError(f"a worker failed (exit status {proc.exitcode}); see the log lines above")
     final = read_progress(url, spec, started, before)
@@ -176,8 +193,8 @@ def run_local(
     on_progress: Callable[[Progress], None] | None = None,
     on_message: Callable[[str], None] | None = None,
     poll: float = 1.0,
-    heartbeat_interval: int = 10,
-    grace_period: int = 60,
+    heartbeat_interval: int = HEARTBEAT_INTERVAL,
+    grace_period: int = GRACE_PERIOD,
 ) -> RunOutcome:
     """Run a study on this machine until every trial is finished: what `odyssey run` does, less the report.
 
@@ -189,18 +206,25 @@ def run_local(
 
     `on_progress` gets a `Progress` about every `poll` seconds while the workers run, and the final one;
     `on_message` gets the one-line status messages (storage, created or resumed, workers), which are
-    logged at INFO without it. Every argument is checked before anything is written (a bad device creates
-    no study). Raises OdysseyError (bad spec, device or storage, a worker that failed) and, on Ctrl-C,
-    KeyboardInterrupt once the workers have re-queued their running trials: the same call resumes.
+    logged at INFO without it. `heartbeat_interval` and `grace_period` (seconds, see `WorkerConfig`) are
+    the workers'. Every argument is checked before anything is written (a bad device or objective creates
+    no study). Raises OdysseyError (bad spec, device, objective, worker setting or storage, a worker that
+    failed) and, on Ctrl-C, KeyboardInterrupt once the workers have re-queued their running trials: the
+    same call resumes. Called off the main thread, it leaves signal handling alone (Ctrl-C reaches the
+    main thread only).
     """
     from sweep.objective import prepare_kernels
 
     say = on_message or (lambda message: log.info("%s", message))
     spec = spec if isinstance(spec, StudySpec) else load_spec(spec)
     device_list = resolve_devices(devices if isinstance(devices, str) else ",".join(devices), objective)
+    resolve_objective(objective)  # a mistyped module:function must fail here, not in every worker
     if workers is not None and workers < 1:
         raise ConfigError("workers must be at least 1")
     resolved = resolve_url(url)
+    config = WorkerConfig(url=resolved, study=spec.name, heartbeat_interval=heartbeat_interval,
+                          grace_period=grace_period, objective=objective,
+                          poll_interval=min(poll, POLL_INTERVAL))
     say(f"storage {mask_url(resolved)}")
     created = create_study(resolved, spec)
     say(created.message if created.created else f"resuming study {spec.name!r}")
@@ -211,7 +235,6 @@ def run_local(
     prepare_kernels(objective)
     n_workers = workers or (len(device_list) if device_list != ["cpu"] else default_workers())
     say(f"{plural(n_workers, 'worker')} on {', '.join(device_list)}")
-    final = _run_study(spec, resolved, n_workers, device_list, on_progress or (lambda _progress: None),
-                       poll=poll, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-                       objective=objective)
+    final = _run_study(spec, config, n_workers, device_list, on_progress or (lambda _progress: None),
+                       poll=poll)
     return RunOutcome(spec.name, resolved, created.created, True, n_workers, device_list, final)

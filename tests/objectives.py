@@ -54,3 +54,23 @@ def curve_objective_for_tests(ctx: TrialContext) -> Outcome:
     best = curve(ctx.params, 3)
     return Outcome("complete", best, {"best_valid": best, "best_test": best + 0.1, "best_epoch": 3,
                                       "epochs": 3, "seconds": 0.75})
+
+
+def float_objective_for_tests(ctx: TrialContext) -> Outcome:
+    """Returns a bare number (as an Optuna objective would), not an Outcome."""
+    return 0.5  # type: ignore[return-value]
+
+
+def done_state_objective_for_tests(ctx: TrialContext) -> Outcome:
+    """Returns an Outcome with a state that is not a scored one."""
+    return Outcome("done", 0.5, {})  # type: ignore[arg-type]
+
+
+def failed_state_objective_for_tests(ctx: TrialContext) -> Outcome:
+    """Returns an Outcome that says `failed` with a value (a failed trial raises instead)."""
+    return Outcome("failed", 1.0, {})  # type: ignore[arg-type]
+
+
+def text_result_objective_for_tests(ctx: TrialContext) -> Outcome:
+    """Returns an Outcome whose result has text where a number goes."""
+    return Outcome("complete", 0.5, {"best_valid": "n/a"})

@@ -160,7 +160,102 @@ def test_run_local_checks_its_arguments_before_writing_anything(tmp_path: Path) 
         run_local(spec, f"sqlite:///{db}", devices="tpu", objective="noop")
     with pytest.raises(OdysseyError, match="workers must be at least 1"):
         run_local(spec, f"sqlite:///{db}", workers=0, devices="cpu", objective="noop")
+    with pytest.raises(OdysseyError, match=r"^objective 'nomod:f' cannot be loaded: No module named"):
+        run_local(spec, f"sqlite:///{db}", devices="cpu", objective="nomod:f")
+    with pytest.raises(OdysseyError, match=r"grace period \(10 s\) must be longer than the heartbeat"):
+        run_local(spec, f"sqlite:///{db}", devices="cpu", objective="noop", heartbeat_interval=10,
+                  grace_period=10)
     assert not db.exists()
+
+
+@pytest.mark.parametrize(("option", "said"), [
+    (["--objective", "nomod:f"], "objective 'nomod:f' cannot be loaded"),
+    (["--objective", "noop", "--heartbeat", "3", "--grace", "2"], "grace period (2 s) must be longer"),
+])
+def test_run_rejects_a_bad_objective_or_worker_setting_in_one_line_before_creating_the_study(
+        tmp_path: Path, option: list[str], said: str) -> None:
+    spec = tmp_path / "tiny.toml"
+    spec.write_text(SPEC)
+    db = tmp_path / "odyssey.db"
+    proc = subprocess.run([*ODYSSEY, "run", str(spec), "--storage", f"sqlite:///{db}", "--devices", "cpu",
+                           *option], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and said in lines[0], proc.stderr
+    assert not db.exists()
+
+
+def test_run_local_gives_back_the_callers_ctrl_c_handler_when_it_fails(tmp_path: Path) -> None:
+    import signal
+
+    from sweep.run import run_local
+
+    spec = tmp_path / "tiny.toml"
+    spec.write_text(SPEC)
+
+    class DisplayBroke(Exception):
+        pass
+
+    def broken_display(_progress: object) -> None:
+        raise DisplayBroke()
+
+    def mine(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt()
+
+    before = signal.signal(signal.SIGINT, mine)
+    try:
+        with pytest.raises(DisplayBroke):
+            run_local(spec, f"sqlite:///{tmp_path / 'odyssey.db'}", workers=1, devices="cpu",
+                      objective="sleep:0.5", on_progress=broken_display)
+        assert signal.getsignal(signal.SIGINT) is mine
+    finally:
+        signal.signal(signal.SIGINT, before)
+    # The workers stopped cleanly: nothing was left running.
+    states = set(load_study(f"sqlite:///{tmp_path / 'odyssey.db'}", "run-tiny").trials["state"])
+    assert "running" not in states
+
+
+def test_run_local_runs_off_the_main_thread(tmp_path: Path) -> None:
+    import threading
+
+    from sweep.run import RunOutcome, run_local
+
+    spec = tmp_path / "tiny.toml"
+    spec.write_text(SPEC)
+    done: list[RunOutcome | BaseException] = []
+
+    def run() -> None:
+        try:
+            done.append(run_local(spec, f"sqlite:///{tmp_path / 'odyssey.db'}", workers=2, devices="cpu",
+                                  objective="noop", poll=0.2))
+        except BaseException as exc:  # handed to the test's thread
+            done.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(240)
+    assert len(done) == 1, "run_local did not return"
+    outcome = done[0]
+    assert isinstance(outcome, RunOutcome), repr(outcome)
+    assert outcome.complete and outcome.progress.finished == 12
+
+
+def test_run_with_one_worker_whose_trials_all_fail_says_so_in_one_line(tmp_path: Path) -> None:
+    spec = tmp_path / "tiny.toml"
+    spec.write_text(SPEC)
+    url = f"sqlite:///{tmp_path / 'odyssey.db'}"
+    objective = "tests.objectives:float_objective_for_tests"
+    proc = subprocess.run([*ODYSSEY, "run", str(spec), "--storage", url, "--workers", "1", "--devices", "cpu",
+                           "--no-report", "--objective", objective], cwd=tmp_path, env=_env(),
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr, proc.stderr
+    # The worker's reason, in one line, then the run's own error.
+    stops = [line for line in proc.stderr.splitlines() if "3 trials in a row failed" in line]
+    assert len(stops) == 1 and f"objective {objective} returned 0.5, not an Outcome" in stops[0], proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: a worker failed (exit status 1); see the log lines above"], proc.stderr
+    assert sorted(load_study(url, "run-tiny").trials["state"]).count("failed") == 3
 
 
 def test_run_rejects_a_bad_spec_in_one_line(tmp_path: Path) -> None:

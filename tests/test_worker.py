@@ -441,3 +441,114 @@ def test_worker_on_a_missing_sqlite_file_exits_non_zero_and_creates_nothing(tmp_
                           env={**os.environ, "ODYSSEY_OBJECTIVE": "noop"})
     assert f"file {typo} does not exist" in _one_line_error(done)
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(("name", "said"), [
+    ("float_objective_for_tests", "returned 0.5, not an Outcome(state, value, result)"),
+    ("done_state_objective_for_tests", "returned an Outcome with state 'done', not 'complete' or 'diverged'"),
+    ("failed_state_objective_for_tests", "returned an Outcome with state 'failed', not 'complete' or"),
+    ("text_result_objective_for_tests",
+     "returned a result that cannot be stored: expected a number, got 'n/a'"),
+])
+def test_an_objective_that_returns_no_outcome_fails_its_trials_not_the_worker(
+        sqlite_url: str, name: str, said: str) -> None:
+    # Each trial is recorded failed (for good) with a one-line error naming the objective; the worker goes
+    # on to the next until the consecutive-failure rule stops it, leaving nothing running.
+    from sweep.core.errors import OdysseyError
+
+    make_study(sqlite_url, variants=("V",), per_variant=4)
+    objective = f"tests.objectives:{name}"
+    worker = Worker(WorkerConfig(url=sqlite_url, study="w", objective=objective, poll_interval=0.1))
+    in_a_row = r"3 trials in a row failed \(last: objective " + re.escape(objective)
+    with pytest.raises(OdysseyError, match=in_a_row):
+        worker.run()
+    states = sorted(t.state.name for t in load_optuna_study(sqlite_url, "w").trials)
+    assert states == ["FAIL", "FAIL", "FAIL", "WAITING"]
+    frame = results.load_study(sqlite_url, "w").trials
+    assert sorted(frame["state"]) == ["failed", "failed", "failed", "waiting"]
+    errors = frame.loc[frame["state"] == "failed", "error"]
+    assert all(error.startswith(f"objective {objective} {said}") for error in errors), list(errors)
+    # Failed for good: the repair pass does not run those slots again.
+    assert Worker(WorkerConfig(url=sqlite_url, study="w", objective="noop", poll_interval=0.1)).run() == 1
+    assert sorted(results.load_study(sqlite_url, "w").trials["state"]) == ["complete", "failed", "failed",
+                                                                           "failed"]
+
+
+def test_a_refused_epoch_reports_no_intermediate_value(sqlite_url: str) -> None:
+    # The attempt was judged lost and re-queued while it ran: its late epoch is neither a row nor an
+    # intermediate value, and the recorder says so (False) instead of raising.
+    from sweep.recorder import TrialRecorder
+    from sweep.study import requeue_trial
+
+    make_study(sqlite_url, variants=("V",), per_variant=1)
+    worker = Worker(WorkerConfig(url=sqlite_url, study="w", objective="noop"))
+    target = worker._target("w")
+    frozen = worker._claim(target)
+    assert frozen is not None
+    slot = frozen.user_attrs[SLOT_ATTR]
+    recorder = TrialRecorder(sqlite_url, worker.storage, "w", slot, frozen.number, frozen._trial_id)
+    recorder.started("host", "cpu", variant="V", params={}, seed=3, dataset="synthetic")
+    assert recorder.epoch(1, valid_metric=0.5) is True
+    requeue_trial(sqlite_url, worker.storage, target.study_id, "w", frozen._trial_id)
+    assert recorder.epoch(2, valid_metric=0.4) is False
+    trial = worker.storage.get_trial(frozen._trial_id)
+    assert trial.intermediate_values == {1: 0.5}
+    assert list(results.load_study(sqlite_url, "w").epochs["epoch"]) == [1]
+
+
+def test_training_stops_at_the_first_refused_epoch(sqlite_url: str) -> None:
+    from sweep.objective import TrialContext, TrialDiscarded, train_objective
+    from sweep.study import stored_spec
+
+    make_study(sqlite_url, variants=("V",), per_variant=1, training={"max_epochs": 5, "patience": 5,
+                                                                      "batch_size": 8, "optimizer": "adam"})
+    spec = stored_spec(load_optuna_study(sqlite_url, "w"))
+    assert spec is not None
+
+    class Refused:  # a recorder whose attempt lost its slot
+        calls = 0
+
+        def epoch(self, *args: object, **kwargs: object) -> bool:
+            self.calls += 1
+            return False
+
+    recorder = Refused()
+    ctx = TrialContext(sqlite_url, "w", spec, 0, 0, "V", {"learning_rate": 0.01, "hidden_size": 3}, 3, "cpu",
+                       recorder=recorder)  # type: ignore[arg-type]
+    with pytest.raises(TrialDiscarded):
+        train_objective(ctx)
+    assert recorder.calls == 1
+
+
+def test_worker_settings_are_checked_once_for_every_entry_point(sqlite_url: str) -> None:
+    from sweep.core.errors import ConfigError
+    from sweep.worker import run_workers
+
+    with pytest.raises(ConfigError, match=r"grace period \(10 s\) must be longer than the heartbeat"):
+        WorkerConfig(url=sqlite_url, heartbeat_interval=10, grace_period=10)
+    with pytest.raises(ConfigError, match="heartbeat interval must be at least 1 s, got 0"):
+        WorkerConfig(url=sqlite_url, heartbeat_interval=0)
+    with pytest.raises(ConfigError, match="max retries must be at least 0"):
+        WorkerConfig(url=sqlite_url, max_retries=-1)
+    with pytest.raises(ConfigError, match="poll interval must be more than 0 s"):
+        WorkerConfig(url=sqlite_url, poll_interval=0)
+    with pytest.raises(ConfigError, match="^jobs per device must be at least 1, got 0$"):
+        run_workers(WorkerConfig(url=sqlite_url, objective="noop"), ["cpu"], 0)
+    # `odyssey worker` says the same in one line, before it touches the database.
+    make_study(sqlite_url, per_variant=1)
+    done = subprocess.run([sys.executable, "-m", "sweep.cli.main", "worker", "--storage", sqlite_url,
+                           "--devices", "cpu", "--heartbeat", "5", "--grace", "5"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "ODYSSEY_OBJECTIVE": "noop"})
+    assert "grace period (5 s) must be longer than the heartbeat interval (5 s)" in _one_line_error(done)
+    assert set(results.load_study(sqlite_url, "w").trials["state"]) == {"waiting"}
+
+
+def test_test_objectives_take_only_cpu_and_cuda_device_names() -> None:
+    from sweep.core.errors import ConfigError
+    from sweep.worker import resolve_devices
+
+    assert resolve_devices("cpu,cuda,cuda:1", "noop") == ["cpu", "cuda", "cuda:1"]
+    for bad in ("cudafoo", "cuda:", "cuda:x", "cuda:1:2"):
+        with pytest.raises(ConfigError, match=f"unknown device {bad!r}"):
+            resolve_devices(bad, "noop")

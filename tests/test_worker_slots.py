@@ -71,7 +71,7 @@ def test_clean_stops_do_not_count_against_the_lost_worker_limit(tmp_path: Path, 
     url = f"sqlite:///{tmp_path / 'odyssey.db'}"
     create_study(url, parse_spec({"name": "s", "variants": ["V"], "trials_per_variant": 1,
                                   "dataset": {"name": "synthetic"}}), check_data=False)
-    worker = Worker(WorkerConfig(url=url, study="s", objective="noop", heartbeat_interval=1, grace_period=1,
+    worker = Worker(WorkerConfig(url=url, study="s", objective="noop", heartbeat_interval=1, grace_period=2,
                                  max_retries=3))
     target = worker._target("s")
     (trial,) = target.study.get_trials()
@@ -79,7 +79,7 @@ def test_clean_stops_do_not_count_against_the_lost_worker_limit(tmp_path: Path, 
     storage.set_trial_state_values(trial._trial_id, TrialState.RUNNING)
     storage.set_trial_user_attr(trial._trial_id, INTERRUPTS_ATTR, interrupts)
     storage.set_trial_system_attr(trial._trial_id, "retry_history", [90, 91, 92])
-    time.sleep(2.5)
+    time.sleep(3.5)
     worker._check_stale(target, force=True)
     trials = load_optuna_study(url, "s").get_trials()
     assert trials[0].state == TrialState.FAIL

@@ -18,6 +18,7 @@ import click
 from storage.urls import mask_url, resolve_url
 from sweep.cli.common import out_option, report_dir, storage_option
 from sweep.core.text import plural
+from sweep.worker.config import GRACE_PERIOD, HEARTBEAT_INTERVAL
 
 if TYPE_CHECKING:  # sweep.run pulls in the training stack: imported only when a run starts
     from sweep.run import Progress
@@ -87,8 +88,9 @@ class _Display:
 @out_option("Report folder (default: reports/STUDY).", file_okay=False)
 @click.option("--no-report", is_flag=True, help="Only run the trials.")
 @click.option("--objective", default=None, hidden=True, help="Objective override for tests (see worker).")
-@click.option("--heartbeat", "heartbeat_interval", type=click.IntRange(min=1), default=10, hidden=True)
-@click.option("--grace", "grace_period", type=click.IntRange(min=2), default=60, hidden=True)
+# Worker settings for tests (their bounds are WorkerConfig's).
+@click.option("--heartbeat", "heartbeat_interval", type=int, default=HEARTBEAT_INTERVAL, hidden=True)
+@click.option("--grace", "grace_period", type=int, default=GRACE_PERIOD, hidden=True)
 def run(spec_path: str, url: str | None, workers: int | None, devices: str, out: Path | None,
         no_report: bool, objective: str | None, heartbeat_interval: int, grace_period: int) -> None:
     """Create (or resume) the study of SPEC, run local workers until it is done, and write its report.

@@ -11,6 +11,7 @@ import click
 from storage.engine import require_existing_database
 from storage.urls import mask_url, resolve_url
 from sweep.cli.common import storage_option
+from sweep.worker.config import GRACE_PERIOD, HEARTBEAT_INTERVAL, MAX_RETRIES, POLL_INTERVAL
 
 
 @click.command()
@@ -21,15 +22,17 @@ from sweep.cli.common import storage_option
 @click.option("--jobs-per-device", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes per device.")
 @click.option("--forever", is_flag=True, help="Keep polling for new trials instead of exiting when done.")
-@click.option("--heartbeat", "heartbeat_interval", type=click.IntRange(min=1), default=10, show_default=True,
+# The bounds of these settings are WorkerConfig's (one ConfigError line when out of them).
+@click.option("--heartbeat", "heartbeat_interval", type=int, default=HEARTBEAT_INTERVAL, show_default=True,
               help="Seconds between heartbeats of a running trial.")
-@click.option("--grace", "grace_period", type=click.IntRange(min=1), default=60, show_default=True,
-              help="Seconds without heartbeat after which a trial counts as lost and is re-queued.")
-@click.option("--max-retries", type=click.IntRange(min=0), default=3, show_default=True,
+@click.option("--grace", "grace_period", type=int, default=GRACE_PERIOD, show_default=True,
+              help="Seconds without heartbeat after which a trial counts as lost and is re-queued "
+                   "(longer than --heartbeat).")
+@click.option("--max-retries", type=int, default=MAX_RETRIES, show_default=True,
               help="Times a lost trial is re-queued before it is recorded as failed.")
-@click.option("--poll", "poll_interval", type=click.FloatRange(min=0.05), default=2.0, show_default=True,
+@click.option("--poll", "poll_interval", type=float, default=POLL_INTERVAL, show_default=True,
               help="Seconds between looks for work while other workers finish.")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
+@click.option("--threads", type=int, default=None,
               help="Torch threads per CPU worker (default: cores / CPU workers).")
 @click.option("--objective", default=None, hidden=True,
               help="train (default), noop, sleep:SECONDS or module:function ($ODYSSEY_OBJECTIVE).")
@@ -47,8 +50,6 @@ def worker(url: str | None, study_name: str | None, devices: str, jobs_per_devic
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     resolved = resolve_url(url)
     resolve_objective(objective)  # fail now, not in every worker process
-    if grace_period <= heartbeat_interval:
-        raise click.BadParameter("must be longer than --heartbeat", param_hint="--grace")
     config = WorkerConfig(url=resolved, study=study_name, forever=forever,
                           heartbeat_interval=heartbeat_interval, grace_period=grace_period,
                           max_retries=max_retries, poll_interval=poll_interval, objective=objective,

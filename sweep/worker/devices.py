@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import os
+import re
 
 from sweep.core.errors import ConfigError
 from sweep.objective import objective_name
+
+_CUDA = re.compile(r"cuda(:\d+)?")  # the names torch.device takes for a GPU
 
 
 def resolve_devices(devices: str, objective: str | None = None) -> list[str]:
     """`auto` (every CUDA device, else cpu), `cpu`, or a comma-separated list such as `cuda:0,cuda:1`.
 
     For the real objective each device is checked against this host's GPUs now (OdysseyError naming it),
-    rather than failing every trial a worker takes; the test objectives accept cpu and cuda* names.
+    rather than failing every trial a worker takes; the test objectives accept `cpu`, `cuda` and
+    `cuda:N` names.
     """
     devices = devices.strip()
     trains = objective_name(objective) == "train"
@@ -33,7 +37,7 @@ def resolve_devices(devices: str, objective: str | None = None) -> list[str]:
             resolve_device(device)
     else:
         for device in out:
-            if device != "cpu" and not device.startswith("cuda"):
+            if device != "cpu" and not _CUDA.fullmatch(device):
                 raise ConfigError(
                     f"unknown device {device!r} (use auto, cpu, cuda:N or a comma-separated list)")
     return out

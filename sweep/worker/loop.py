@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import random
-import socket
 import threading
 import time
+from collections.abc import Mapping
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -38,9 +39,17 @@ from storage import results
 from storage.engine import with_retry
 from storage.failpoints import failpoint
 from storage.urls import resolve_url
-from sweep.core.errors import OdysseyError, StorageError
-from sweep.core.states import ResultState
-from sweep.objective import Objective, Outcome, TrialContext, TrialInterrupted, resolve_objective
+from sweep.core.errors import ConfigError, OdysseyError, StorageError
+from sweep.core.states import SCORED_STATES, ResultState
+from sweep.objective import (
+    Objective,
+    Outcome,
+    TrialContext,
+    TrialDiscarded,
+    TrialInterrupted,
+    objective_name,
+    resolve_objective,
+)
 from sweep.recorder import TrialRecorder
 from sweep.spec import StudySpec
 from sweep.study import (
@@ -59,6 +68,7 @@ from sweep.study import (
     stored_spec,
     study_lock,
 )
+from sweep.worker.config import WorkerConfig
 from sweep.worker.heartbeat import Heartbeat
 from sweep.worker.sampling import PerVariantTPESampler, trial_params
 
@@ -70,24 +80,6 @@ INTERRUPTS_ATTR = "odyssey_interrupts"  # clean stops of this slot so far (user 
 CLAIM_WINDOW = 32
 # Consecutive failed trials after which a worker gives up (e.g. the data file is unreadable).
 MAX_CONSECUTIVE_FAILURES = 3
-
-
-@dataclass
-class WorkerConfig:
-    """How one worker process runs."""
-
-    url: str
-    study: str | None = None
-    device: str = "cpu"
-    forever: bool = False
-    heartbeat_interval: int = 10
-    grace_period: int = 60
-    max_retries: int = 3
-    poll_interval: float = 2.0
-    objective: str | None = None
-    threads: int | None = None
-    label: str = ""  # shown in log lines when several workers share a terminal
-    host: str = field(default_factory=socket.gethostname)
 
 
 class _StopWorker(Exception):
@@ -109,6 +101,26 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def _checked(returned: object, objective: str) -> Outcome:
+    """`returned` if it is an Outcome the worker can record, else ConfigError naming `objective` and what
+    it returned (the trial is then recorded failed, as if the objective had raised it)."""
+    if not isinstance(returned, Outcome):
+        shown = repr(returned).splitlines()[0] if repr(returned) else type(returned).__name__
+        raise ConfigError(
+            f"objective {objective} returned {shown[:80]}, not an Outcome(state, value, result)")
+    problem = None
+    if returned.state not in SCORED_STATES:
+        allowed = " or ".join(repr(str(s)) for s in SCORED_STATES)
+        problem = f"state {returned.state!r}, not {allowed} (a failed trial raises instead)"
+    elif returned.value is not None and not isinstance(returned.value, numbers.Real):
+        problem = f"value {returned.value!r:.80}, not a number or None"
+    elif not isinstance(returned.result, Mapping):
+        problem = f"result of type {type(returned.result).__name__}, not a dict"
+    if problem:
+        raise ConfigError(f"objective {objective} returned an Outcome with {problem}")
+    return returned
+
+
 class Worker:
     """One worker: claims waiting trials, runs the objective, records results, until nothing is left."""
 
@@ -117,6 +129,7 @@ class Worker:
         self.url = resolve_url(config.url)
         self.stop = stop or threading.Event()
         self.objective: Objective = resolve_objective(config.objective)
+        self.objective_name = objective_name(config.objective)
         self.storage = open_storage(self.url, heartbeat_interval=config.heartbeat_interval,
                                     grace_period=config.grace_period)
         self.trials_run = 0
@@ -360,12 +373,12 @@ class Worker:
                                self.config.device, self.stop, recorder)
             started = time.monotonic()
             try:
-                outcome = self.objective(ctx)
+                outcome = _checked(self.objective(ctx), self.objective_name)
             except (TrialInterrupted, KeyboardInterrupt):
                 self._requeue(study, frozen, slot)
                 raise _StopWorker() from None
-            except UpdateFinishedTrialError:
-                # An intermediate value refused: Optuna no longer holds this attempt RUNNING.
+            except (UpdateFinishedTrialError, TrialDiscarded):
+                # An epoch or intermediate value refused: this attempt no longer holds its slot.
                 self._discard(frozen, slot)
                 return
             except Exception as exc:
@@ -392,7 +405,13 @@ class Worker:
         result["diverged"] = outcome.state == ResultState.DIVERGED
         # Results first: a crash before the Optuna tell leaves a stale trial that is simply re-run. The
         # write is refused when this attempt no longer holds the trial (judged lost and re-queued).
-        if not recorder.finished(outcome.state, result):
+        try:
+            kept = recorder.finished(outcome.state, result)
+        except ValueError as exc:  # a result field that is not a number: checked before anything is written
+            self._fail(recorder, frozen, ConfigError(
+                f"objective {self.objective_name} returned a result that cannot be stored: {exc}"))
+            return
+        if not kept:
             self._discard(frozen, slot)
             return
         failpoint("finish.before-tell")
@@ -428,7 +447,9 @@ class Worker:
         self._failures += 1
         log.error("%sfailed trial %d slot %d: %s", self._prefix, frozen.number, slot, message)
         if self._failures >= MAX_CONSECUTIVE_FAILURES:
-            raise OdysseyError(f"{self._failures} trials in a row failed (last: {message}); worker stops")
+            # From None: the trial's own error is in the log line above (with its traceback if unexpected).
+            raise OdysseyError(
+                f"{self._failures} trials in a row failed (last: {message}); worker stops") from None
 
     def _discard(self, frozen: FrozenTrial, slot: int) -> None:
         # Judged lost (no heartbeat for longer than the grace period, e.g. stopped) and re-queued while it

@@ -15,8 +15,9 @@ import threading
 from typing import Any
 
 from sweep.core.errors import ConfigError, OdysseyError
+from sweep.worker.config import WorkerConfig
 from sweep.worker.devices import cpu_threads, set_threads
-from sweep.worker.loop import Worker, WorkerConfig
+from sweep.worker.loop import Worker
 
 log = logging.getLogger(f"odyssey.{__name__}")
 
@@ -76,7 +77,7 @@ def run_workers(config: WorkerConfig, devices: list[str], jobs_per_device: int =
     """Run `jobs_per_device` workers per device: in this process for one slot, else one spawned process
     per slot (signals forwarded). Returns the exit status: 0 when every worker finished cleanly."""
     if jobs_per_device < 1:
-        raise ConfigError("--jobs-per-device must be at least 1")
+        raise ConfigError(f"jobs per device must be at least 1, got {jobs_per_device}")
     slots = [d for d in devices for _ in range(jobs_per_device)]
     threads = cpu_threads(slots, config.threads)
     if len(slots) == 1:
