@@ -268,3 +268,17 @@ def test_run_rejects_a_bad_spec_in_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "XLSTM" in lines[0]
+
+
+def test_commands_shown_to_rerun_never_hold_the_password_and_still_work() -> None:
+    """A resume or rebuild hint with a password-protected storage names $ODYSSEY_STORAGE (masking the URL
+    would print a command that cannot connect); a storage without a password is shown as given."""
+    from sweep.cli.run import shown_command
+
+    line = shown_command(["odyssey", "run", "s.toml", "--storage", "postgresql+psycopg://u:hunter2@db/x"])
+    assert "hunter2" not in line
+    assert line.startswith('odyssey run s.toml --storage "$ODYSSEY_STORAGE"')
+    assert "postgresql+psycopg://u:***@db/x" in line
+    assert shown_command(["odyssey", "report", "x", "--storage", "sqlite:///a b.db"]) == (
+        "odyssey report x --storage 'sqlite:///a b.db'")
+

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from storage.urls import mask_url, resolve_url
+from storage.urls import mask_url, password_of, resolve_url
 from sweep.cli.common import out_option, report_dir, storage_option
 from sweep.core.text import plural
 from sweep.worker.config import GRACE_PERIOD, HEARTBEAT_INTERVAL
@@ -112,8 +112,8 @@ def run(spec_path: str, url: str | None, workers: int | None, devices: str, out:
     def say(line: str) -> None:
         click.echo(line, err=True)
 
-    def storage_arg() -> list[str]:  # for the commands shown: the storage given, its password masked
-        return ["--storage", mask_url(resolve_url(url))] if url else []
+    def storage_arg() -> list[str]:  # for the commands shown: the storage given (see shown_command)
+        return ["--storage", resolve_url(url)] if url else []
 
     try:
         with _Display(list(spec.variants), live=sys.stderr.isatty()) as display:
@@ -128,7 +128,7 @@ def run(spec_path: str, url: str | None, workers: int | None, devices: str, out:
         again += ["--devices", devices] if devices != "auto" else []
         again += ["--no-report"] if no_report else []
         again += ["--objective", objective] if objective else []
-        click.echo(f"stopped; running trials went back to the queue. Resume with: {shlex.join(again)}",
+        click.echo(f"stopped; running trials went back to the queue. Resume with: {shown_command(again)}",
                    err=True)
         raise SystemExit(130) from None
     if not outcome.ran:
@@ -142,6 +142,21 @@ def run(spec_path: str, url: str | None, workers: int | None, devices: str, out:
     _write_report(outcome.url, spec.name, target)
 
 
+def shown_command(args: list[str]) -> str:
+    """A command line to print for the user to run again. A storage URL that holds a password is shown as
+    "$ODYSSEY_STORAGE" (with a note), never masked: a masked URL pasted back would fail to connect."""
+    shown = list(args)
+    secret = None
+    for i, arg in enumerate(shown[:-1]):
+        if arg == "--storage" and password_of(shown[i + 1]):
+            secret, shown[i + 1] = shown[i + 1], "__STORAGE__"
+    line = shlex.join(shown)
+    if secret is None:
+        return line
+    return (line.replace("__STORAGE__", '"$ODYSSEY_STORAGE"')
+            + f"  (with ODYSSEY_STORAGE set to {mask_url(secret)}, password included)")
+
+
 def _complete(study: str, total: int, target: Path, storage_arg: list[str], no_report: bool,
               out_given: bool) -> None:
     """Say that the study needs no more work, and how to (re)build its report."""
@@ -151,7 +166,7 @@ def _complete(study: str, total: int, target: Path, storage_arg: list[str], no_r
     if no_report or not page.exists():
         return
     rebuild = ["odyssey", "report", study, *storage_arg, *(["-o", str(target)] if out_given else [])]
-    click.echo(f"to rebuild the report: {shlex.join(rebuild)}", err=True)
+    click.echo(f"to rebuild the report: {shown_command(rebuild)}", err=True)
     click.echo(f"report: {page}")
 
 
