@@ -17,11 +17,11 @@ DEFAULT_URL = "sqlite:///odyssey.db"
 _PG_DRIVERS = {"postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2", "postgresql+psycopg3"}
 _SQLITE_DRIVERS = {"sqlite", "sqlite+pysqlite"}
 
-# user:password@ in a URL-ish string, for text make_url cannot parse.
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@\s]*)@")
-# user:password@ without a scheme, or behind a malformed one ("u:pw@host/db", "postgresql:/u:pw@host/db"):
-# text make_url refuses, which the error message must still not echo with its password.
-_BARE_USERINFO = re.compile(r"(?P<user>[^:/@\s'\"]*):(?P<pw>[^@\s'\"]*)@")
+# user:password@ in a URL-ish string, for text make_url cannot parse: behind a scheme, or behind none or a
+# malformed one ("u:pw@host/db", "postgresql:/u:pw@host/db"). A "password" starting with // is a scheme's
+# slashes ("sqlite:///a@b.db"), not user-info.
+_USERINFO = re.compile(
+    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)?(?P<user>[^:/@\s]*):(?P<pw>(?!//)[^@\s]*)@")
 # password=... in a libpq key/value DSN, which psycopg error messages may echo.
 _DSN_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]+)", re.IGNORECASE)
 
@@ -39,11 +39,7 @@ def mask_url(url: str | URL) -> str:
 
 def scrub(text: str, secrets: tuple[str, ...] = ()) -> str:
     """Remove passwords from free text: URL user-info, ``password=`` pairs and any given secret string."""
-    text = _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
-    # What is left: a password ("//..." is a well-formed URL's scheme part, masked just above or holding no
-    # password) that no scheme introduces.
-    text = _BARE_USERINFO.sub(
-        lambda m: m[0] if m["pw"] == "***" or m["pw"].startswith("//") else f"{m['user']}:***@", text)
+    text = _USERINFO.sub(lambda m: f"{m['scheme'] or ''}{m['user']}:***@", text)
     text = _DSN_PASSWORD.sub(lambda m: f"{m.group(1)}***", text)
     for secret in secrets:
         if secret:

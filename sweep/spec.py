@@ -12,7 +12,6 @@ Every fixed value and range end of the space also goes through the training rule
 
 from __future__ import annotations
 
-import difflib
 import tomllib
 import warnings
 from pathlib import Path
@@ -32,6 +31,7 @@ from pydantic import (
 from sweep.core.errors import ConfigError, OdysseyError
 from sweep.core.settings import SEARCHABLE, TrainingSettings, describe_error, setting_problem
 from sweep.core.space import Param, SpecFieldError, default_space
+from sweep.core.text import did_you_mean
 from sweep.core.variants import GREFF_VARIANTS, VARIANTS, custom_variant
 from sweep.data.registry import DATASETS
 
@@ -124,7 +124,7 @@ class StudySpec(_Model):
             return value
         unknown = [k for k in value if k not in SEARCHABLE]
         if unknown:
-            raise ValueError(f"unknown hyperparameter {unknown[0]!r}{_did_you_mean(unknown[0], SEARCHABLE)} "
+            raise ValueError(f"unknown hyperparameter {unknown[0]!r}{did_you_mean(unknown[0], SEARCHABLE)} "
                              f"(known: {', '.join(SEARCHABLE)})")
         merged: dict[str, Any] = {k: p.model_dump() for k, p in default_space().items()}
         for key, entry in value.items():
@@ -192,11 +192,6 @@ class StudySpec(_Model):
         return self.model_dump(mode="json")
 
 
-def _did_you_mean(name: str, known: Any) -> str:
-    close = difflib.get_close_matches(name, list(known), n=1)
-    return f" (did you mean {close[0]}?)" if close else ""
-
-
 def _known_fields(parent: tuple[Any, ...]) -> list[str]:
     """The field names a spec allows at ``parent`` (a pydantic error location without its last part)."""
     model: type[BaseModel] = StudySpec
@@ -233,7 +228,7 @@ def _format_error(source: str, exc: ValidationError) -> str:
             # a hyperparameter put among the shared settings: say where it goes
             return (f"spec {source}: {loc} is a hyperparameter: set it in [space.{key}] "
                     f"(value = ... to fix it, or low/high to search it)")
-        hint = _did_you_mean(key, _known_fields(tuple(err["loc"][:-1])))
+        hint = did_you_mean(key, _known_fields(tuple(err["loc"][:-1])))
         return f"spec {source}: {loc} is not a known field{hint}"
     if err["type"] == "missing":
         return f"spec {source}: {loc} is required"

@@ -13,7 +13,6 @@ Every invalid value raises `ConfigError` with one line naming the setting ("mome
 
 from __future__ import annotations
 
-import difflib
 import functools
 import types
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from pydantic_core import ErrorDetails
 
 from sweep.core.errors import ConfigError, OdysseyError
+from sweep.core.text import did_you_mean
 from sweep.core.variants import VARIANTS, resolve
 
 # Optimizer name -> what it does (sweep.training.make_optimizer builds it; docs/training.md).
@@ -191,8 +191,7 @@ def _problem(name: str, err: ErrorDetails) -> str:
     value = err["input"]
     got = f"got {value!r}" if isinstance(value, str) or value is None else f"got {value}"
     if err["type"] == "extra_forbidden":
-        close = difflib.get_close_matches(name, list(TrainConfig.model_fields), n=1)
-        return "is not a training setting" + (f" (did you mean {close[0]}?)" if close else "")
+        return "is not a training setting" + did_you_mean(name, TrainConfig.model_fields)
     text = rule(name) if err["type"] in _RULE_ERRORS else None
     if text is None:
         kind = _value_type(TrainConfig.model_fields[name].annotation)
